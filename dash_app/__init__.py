@@ -1,0 +1,1 @@
+"""The sensor dashboard: `python -m dash_app`."""

@@ -1,0 +1,41 @@
+"""A card per sensor: its latest value and how old it is, updated in the browser."""
+from __future__ import annotations
+
+from dash import ALL, ClientsideFunction, Input, Output, State, html
+
+# How each topic's card shows a reading: (field, label, unit, scale, decimals).
+CARD_FIELDS = {
+    "temperature": [("value", "", " °C", 1, 1)],
+    "humidity": [("value", "", " %", 1, 0)],
+    "systemusage": [("cpu_percent", "CPU ", " %", 1, 0), ("memory_used", "mem ", " GiB", 2**-30, 1)],
+}
+TITLES = {"temperature": "temperature", "humidity": "humidity", "systemusage": "system"}
+
+
+def layout() -> html.Div:
+    return html.Div(id="cards", className="cards")
+
+
+def render(latest: dict[str, dict]) -> list[html.Div]:
+    """Card shells; the browser fills in value and age (see assets/live.js)."""
+    return [
+        html.Div(
+            className="card",
+            children=[
+                html.Div(f"{item['key']} · {TITLES[item['topic']]}", className="card-title"),
+                html.Div("–", id={"type": "card-value", "id": ident}, className="card-value"),
+                html.Div("", id={"type": "card-age", "id": ident}, className="card-age"),
+            ],
+        )
+        for ident, item in latest.items()
+    ]
+
+
+def register(app) -> None:
+    app.clientside_callback(
+        ClientsideFunction("live", "cards"),
+        Output({"type": "card-value", "id": ALL}, "children"),
+        Output({"type": "card-age", "id": ALL}, "children"),
+        Input("latest", "data"), Input("tick", "n_intervals"),
+        State("live-config", "data"),
+    )

@@ -1,0 +1,118 @@
+"""The chart grid: history on load, re-query on zoom, live points appended in the browser."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+from dash import ALL, MATCH, ClientsideFunction, Input, Output, State, dcc, html, no_update
+from dash.exceptions import PreventUpdate
+
+from dash_app import cards, controls, history
+from dash_app.charts import CHARTS
+from dash_app.figures import line_figure, series_id
+from dash_app.services import Services
+from pipeline.schema import TOPICS
+from pipeline.store import StoreUnavailable
+
+CHART_IDS = {c.id: c for c in CHARTS}
+
+
+def layout() -> html.Div:
+    return html.Div(
+        className="charts",
+        children=[dcc.Graph(id={"type": "chart", "id": c.id}, className="chart", config={"displaylogo": False}) for c in CHARTS],
+    )
+
+
+def live_config(services: Services) -> dict:
+    """What assets/live.js needs to route frame rows to traces and format the cards."""
+    charts = []
+    for c in CHARTS:
+        spec = TOPICS[c.topic]
+        columns = ["ts", spec.key, *spec.numeric]
+        charts.append({"id": c.id, "topic": c.topic, "fields": list(c.fields), "columns": [columns.index(f) for f in c.fields]})
+    topics = {name: ["ts", spec.key, *spec.numeric] for name, spec in TOPICS.items()}
+    return {"charts": charts, "topics": topics, "cards": cards.CARD_FIELDS, "maxPoints": services.cfg.live_max_points}
+
+
+def _traces(figures: dict) -> tuple[dict, dict]:
+    """Per chart: series id -> trace index, and the last x of each trace (for de-duplication)."""
+    index, last = {}, {}
+    for chart_id, fig in figures.items():
+        index[chart_id] = {t.meta: i for i, t in enumerate(fig.data)}
+        last[chart_id] = {t.meta: int(t.x[-1]) if len(t.x) else 0 for t in fig.data}
+    return index, last
+
+
+def register(app, services: Services) -> None:
+    cfg = services.cfg
+
+    @app.callback(
+        Output({"type": "chart", "id": ALL}, "figure"),
+        Output("cursor", "data"),
+        Output("latest", "data"),
+        Output("cards", "children"),
+        Output("health", "data"),
+        Input("range", "value"),
+        Input("custom-dates", "start_date"),
+        Input("custom-dates", "end_date"),
+        Input("reload", "data"),
+    )
+    def load(choice, start_date, end_date, _reload):
+        start, end = controls.window(choice, start_date, end_date, int(time.time() * 1000), cfg.live_window_s)
+        live = choice == "live"
+        snap = history.snapshot(services.store, services.ring, services.health, start, end, cfg.live_max_points, with_ring=live)
+        note = "store unreachable: showing live points only" if snap.error else None
+        figures = {c.id: line_figure(c, snap.frames[c.topic], note) for c in CHARTS}
+        index, last = _traces(figures)
+        latest = history.latest(services.store, snap.ring_frames)
+        cursor = {"cursor": snap.cursor, "live": live, "traces": index, "lastTs": last, "error": snap.error}
+        return [figures[c.id] for c in CHARTS], cursor, latest, cards.render(latest), services.health.as_dict()
+
+    @app.callback(
+        Output({"type": "chart", "id": MATCH}, "figure", allow_duplicate=True),
+        Input({"type": "chart", "id": MATCH}, "relayoutData"),
+        State("range", "value"),
+        State("custom-dates", "start_date"),
+        State("custom-dates", "end_date"),
+        prevent_initial_call=True,
+    )
+    def zoom(relayout, choice, start_date, end_date):
+        """Outside live mode, a zoom re-reads its span at the finer resolution it now allows."""
+        if choice == "live" or not relayout:
+            raise PreventUpdate
+        if "xaxis.range[0]" in relayout:
+            span = relayout["xaxis.range[0]"], relayout["xaxis.range[1]"]
+        elif "xaxis.range" in relayout:
+            span = tuple(relayout["xaxis.range"])
+        elif relayout.get("xaxis.autorange"):
+            span = None
+        else:
+            raise PreventUpdate
+        if span:
+            start, end = (int(pd.Timestamp(x, tz="UTC").value // 1_000_000) for x in span)
+        else:
+            start, end = controls.window(choice, start_date, end_date, int(time.time() * 1000), cfg.live_window_s)
+        chart = CHART_IDS[app.callback_context.outputs_list["id"]["id"]]
+        try:
+            frame = history.topic_range(services.store, TOPICS[chart.topic], start, end, cfg.live_max_points)
+        except StoreUnavailable:
+            return no_update
+        return line_figure(chart, frame)
+
+    app.clientside_callback(
+        ClientsideFunction("live", "connect"),
+        Output("ws", "url"),
+        Input("cursor", "data"), Input("tick", "n_intervals"),
+        State("ws", "state"),
+    )
+    app.clientside_callback(
+        ClientsideFunction("live", "drain"),
+        Output({"type": "chart", "id": ALL}, "extendData"),
+        Output("reload", "data"),
+        Output("latest", "data", allow_duplicate=True),
+        Output("health", "data", allow_duplicate=True),
+        Input("ws", "message"),
+        State("cursor", "data"), State("live-config", "data"),
+        prevent_initial_call=True,
+    )

@@ -1,0 +1,81 @@
+"""History for the charts: a downsampled range from the store, joined to the live ring.
+
+The store lags Kafka by a writer batch, so the newest points may exist only in the ring. The
+snapshot takes the ring's cursor first, then per series appends ring points newer than the
+store's last row: the page gets every point up to the cursor once, and the stream continues
+from that cursor.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+
+from dash_app.live import Health, Ring
+from pipeline.schema import TOPICS, Topic
+from pipeline.store import Store, StoreUnavailable
+
+log = logging.getLogger("dash_app.history")
+
+
+@dataclass
+class Snapshot:
+    frames: dict[str, pd.DataFrame]  # topic -> ts (epoch ms), key, numeric fields
+    cursor: str
+    ring_frames: dict[str, pd.DataFrame]  # every row in the ring, raw (for the cards)
+    error: str | None = None
+
+
+def _ms(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["ts"] = frame["ts"].astype("datetime64[ms, UTC]").astype("int64")
+    return frame
+
+
+def topic_range(store: Store, spec: Topic, start_ms: int, end_ms: int, max_points: int) -> pd.DataFrame:
+    return _ms(store.range(spec, start_ms, end_ms, max_points))
+
+
+def snapshot(store: Store, ring: Ring, health: Health, start_ms: int, end_ms: int, max_points: int, with_ring: bool) -> Snapshot:
+    """History of every topic for [start, end); `with_ring` adds the ring's newer points."""
+    ring_rows, head = ring.snapshot()
+    frames, ring_frames, error = {}, {}, None
+    for spec in TOPICS.values():
+        columns = ["ts", spec.key, *spec.numeric]
+        ring_frames[spec.name] = live = pd.DataFrame(ring_rows.get(spec.name, []), columns=columns)
+        try:
+            stored = topic_range(store, spec, start_ms, end_ms, max_points)
+            health.store_ok = True
+        except StoreUnavailable as exc:
+            log.warning("history unavailable: %s", exc)
+            health.store_ok, error = False, str(exc)
+            stored = pd.DataFrame(columns=columns)
+        if not with_ring:
+            live = live.iloc[0:0]
+        if not live.empty:
+            live = live[(live["ts"] >= start_ms) & (live["ts"] < end_ms)]
+            last = stored.groupby(spec.key)["ts"].max()
+            live = live[live["ts"] > live[spec.key].map(last).fillna(-1)]
+        frames[spec.name] = pd.concat([f for f in (stored, live) if not f.empty] or [stored]).sort_values("ts", kind="stable")
+    return Snapshot(frames, f"{ring.epoch}:{head}", ring_frames, error)
+
+
+def latest(store: Store, ring_frames: dict[str, pd.DataFrame]) -> dict[str, dict]:
+    """The newest reading per sensor for the cards: {"topic|key": {"ts": ms, "topic": .., "key": .., field: value}}."""
+    cards: dict[str, dict] = {}
+    for spec in TOPICS.values():
+        frames = [ring_frames.get(spec.name)]
+        try:
+            frames.append(_ms(store.latest(spec)))
+        except StoreUnavailable:
+            pass
+        for frame in frames:
+            if frame is None or frame.empty:
+                continue
+            for row in frame.sort_values("ts").groupby(spec.key).tail(1).itertuples(index=False):
+                row = row._asdict()
+                ident = f"{spec.name}|{row[spec.key]}"
+                if ident not in cards or row["ts"] > cards[ident]["ts"]:
+                    cards[ident] = {"ts": int(row["ts"]), "topic": spec.name, "key": row[spec.key], **{f: float(row[f]) for f in spec.numeric}}
+    return dict(sorted(cards.items()))

@@ -1,0 +1,54 @@
+"""What the callbacks share: configuration, the store, the live ring and the health flags."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from dash_app.live import Health, LiveFeed, Ring
+from pipeline.config import Config
+from pipeline.store import Store, StoreUnavailable, open_store
+
+log = logging.getLogger("dash_app")
+RING_SIZE = 200_000
+STORE_CHECK_S = 2.0
+
+
+@dataclass
+class Services:
+    cfg: Config
+    store: Store
+    ring: Ring = field(default_factory=lambda: Ring(RING_SIZE))
+    health: Health = field(default_factory=Health)
+    feed: LiveFeed | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Services":
+        return cls(cfg, open_store(cfg.store_url))
+
+    def start(self) -> "Services":
+        """Start the live consumer and the store health check (not at import: see __main__)."""
+        self.feed = LiveFeed(self.cfg, self.ring, self.health)
+        self.feed.start()
+        threading.Thread(target=self._watch_store, name="store-health", daemon=True).start()
+        return self
+
+    def _watch_store(self) -> None:
+        while not self.stopping.wait(STORE_CHECK_S):
+            try:
+                self.store.ping()
+                if not self.health.store_ok:
+                    log.info("store reachable again")
+                self.health.store_ok = True
+            except StoreUnavailable as exc:
+                if self.health.store_ok:
+                    log.warning("store unreachable: %s", exc)
+                self.health.store_ok = False
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.feed:
+            self.feed.stop()
+            self.feed.join(5)
+        self.store.close()

@@ -1,0 +1,67 @@
+"""What every daemon shares: logging, a stop signal, retry back-off and periodic reports."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from pipeline.config import Config
+
+PARENT_ENV = "PIPELINE_SUPERVISOR_PID"
+
+
+def setup_logging(cfg: Config) -> None:
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)-22s %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+
+
+def stop_event(name: str) -> threading.Event:
+    """An event set by SIGINT, SIGTERM, or the death of the supervisor that started us."""
+    stop = threading.Event()
+    log = logging.getLogger(name)
+
+    def on_signal(signum, _frame):
+        log.info("%s received, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        # Children run in their own session (so Ctrl-C reaches only the supervisor); if the
+        # supervisor is killed outright, they must not live on as orphans.
+        def watch():
+            while not stop.wait(1.0):
+                if os.getppid() != int(parent):
+                    log.warning("supervisor %s is gone, stopping", parent)
+                    stop.set()
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    return stop
+
+
+def backoff(attempt: int, cap: float = 10.0) -> float:
+    """Seconds to wait before retry number `attempt` (0-based): 0.5, 1, 2, 4 ... up to `cap`."""
+    return min(cap, 0.5 * 2**attempt)
+
+
+class Every:
+    """True once per `seconds` when asked: paces the one-line progress reports."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.last = time.monotonic()
+
+    def __call__(self) -> float | None:
+        """The seconds elapsed since the last report if one is due, else None."""
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            return None
+        elapsed, self.last = now - self.last, now
+        return elapsed

@@ -1,0 +1,111 @@
+"""Plausible dummy readings: a daily cycle, a slow mean-reverting drift and a little noise.
+
+Each sensor's character (baseline, amplitude, phase) comes from a generator seeded by its
+name, so a room keeps its personality across restarts. One systemusage device reports this
+machine's real CPU and memory (psutil); the others are simulated.
+"""
+from __future__ import annotations
+
+import math
+import random
+import socket
+import zlib
+from dataclasses import dataclass
+
+import psutil
+
+DAY_S = 86_400.0
+ROOM_NAMES = ("kitchen", "living-room", "bedroom", "office", "bathroom", "hallway", "garage", "attic")
+GiB = 1024**3
+
+
+def room_names(n: int) -> list[str]:
+    return [ROOM_NAMES[i] if i < len(ROOM_NAMES) else f"room-{i + 1}" for i in range(n)]
+
+
+def device_names(n: int) -> list[str]:
+    """This machine first (real figures), then simulated servers."""
+    return [socket.gethostname().split(".")[0] or "localhost"][: min(n, 1)] + [f"server-{i}" for i in range(1, n)]
+
+
+def _rng(name: str) -> random.Random:
+    return random.Random(zlib.crc32(name.encode()))
+
+
+@dataclass
+class Drift:
+    """Ornstein-Uhlenbeck process: wanders like weather but always returns towards zero."""
+
+    sigma: float  # typical size of the wander
+    tau_s: float  # how long a deviation lasts
+    x: float = 0.0
+
+    def step(self, dt: float, rng: random.Random) -> float:
+        dt = max(dt, 1e-3)
+        decay = math.exp(-dt / self.tau_s)
+        self.x = self.x * decay + self.sigma * math.sqrt(1 - decay * decay) * rng.gauss(0, 1)
+        return self.x
+
+
+class RoomClimate:
+    """Temperature (°C) and relative humidity (%) of one room."""
+
+    def __init__(self, name: str):
+        r = _rng(name)
+        self.rng = r
+        self.temp_base = r.uniform(19.0, 23.0)
+        self.temp_amp = r.uniform(1.0, 3.0)
+        self.hum_base = r.uniform(38.0, 55.0)
+        self.hum_amp = r.uniform(4.0, 10.0)
+        self.phase_s = r.uniform(-7200, 7200)  # warmest mid-afternoon, give or take two hours
+        self.temp_drift = Drift(sigma=0.6, tau_s=1800)
+        self.hum_drift = Drift(sigma=3.0, tau_s=2400)
+        self.last_t: float | None = None
+
+    def _cycle(self, t: float) -> float:
+        # +1 at 15:00 UTC (plus this room's phase), -1 twelve hours later.
+        return math.cos(2 * math.pi * (t - 15 * 3600 - self.phase_s) / DAY_S)
+
+    def read(self, t: float) -> tuple[float, float]:
+        dt = 1.0 if self.last_t is None else t - self.last_t
+        self.last_t = t
+        cycle = self._cycle(t)
+        temp = self.temp_base + self.temp_amp * cycle + self.temp_drift.step(dt, self.rng) + self.rng.gauss(0, 0.05)
+        # Warm air holds more water: relative humidity dips when the room warms.
+        hum = self.hum_base - self.hum_amp * cycle + self.hum_drift.step(dt, self.rng) + self.rng.gauss(0, 0.3)
+        return round(temp, 2), round(min(100.0, max(0.0, hum)), 1)
+
+
+class SimulatedMachine:
+    """CPU % and memory of a simulated server: a daily load curve, drift and short bursts."""
+
+    def __init__(self, name: str):
+        r = _rng(name)
+        self.rng = r
+        self.memory_total = r.choice((8, 16, 32, 64)) * GiB
+        self.cpu_base = r.uniform(10, 35)
+        self.mem_base = r.uniform(0.35, 0.6)
+        self.cpu_drift = Drift(sigma=8.0, tau_s=120)
+        self.mem_drift = Drift(sigma=0.05, tau_s=900)
+        self.last_t: float | None = None
+
+    def read(self, t: float) -> tuple[float, int, int]:
+        dt = 1.0 if self.last_t is None else t - self.last_t
+        self.last_t = t
+        busy = 0.5 + 0.5 * math.cos(2 * math.pi * (t - 14 * 3600) / DAY_S)  # busiest in the afternoon
+        burst = self.rng.uniform(20, 50) if self.rng.random() < 0.01 else 0.0
+        cpu = self.cpu_base * (0.5 + busy) + self.cpu_drift.step(dt, self.rng) + burst + self.rng.gauss(0, 2)
+        share = self.mem_base + 0.1 * busy + self.mem_drift.step(dt, self.rng)
+        used = int(min(0.97, max(0.05, share)) * self.memory_total)
+        return round(min(100.0, max(0.0, cpu)), 1), used, self.memory_total
+
+
+class ThisMachine:
+    """This machine's real CPU % (since the previous reading) and memory."""
+
+    def __init__(self):
+        psutil.cpu_percent(None)  # the first call only starts the measurement
+
+    def read(self, t: float) -> tuple[float, int, int]:
+        mem = psutil.virtual_memory()
+        return float(psutil.cpu_percent(None)), int(mem.total - mem.available), int(mem.total)

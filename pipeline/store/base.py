@@ -1,0 +1,96 @@
+"""The store interface: what the writers put in and the reads the dashboard needs.
+
+Both backends return the same pandas shapes: a `ts` column of UTC-aware datetimes, the topic's
+key column (room or device), then its fields. Times given to the reads may be epoch
+milliseconds, aware datetimes in any zone, or naive datetimes, which are taken as UTC.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from typing import Sequence, Union
+
+import pandas as pd
+
+from pipeline.schema import Topic, _Reading
+
+TimeLike = Union[int, float, datetime, pd.Timestamp]
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached or refused the operation; the caller may retry."""
+
+
+def to_ms(t: TimeLike) -> int:
+    """Epoch milliseconds of an int/float (already ms), an aware datetime, or a naive UTC datetime."""
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        return int(t)
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        return int(t.timestamp() * 1000)
+    raise TypeError(f"expected epoch milliseconds or a datetime, got {type(t).__name__}")
+
+
+def bucket_ms(start_ms: int, end_ms: int, max_points: int) -> int:
+    """Bucket width that puts at most `max_points` buckets on [start, end) however it is aligned."""
+    if max_points < 2:
+        raise ValueError("max_points must be at least 2")
+    return max(1, math.ceil((end_ms - start_ms) / (max_points - 1)))
+
+
+def empty_frame(spec: Topic, columns: Sequence[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
+    for col in ("ts", "received_at"):
+        frame[col] = pd.Series(dtype="datetime64[ms, UTC]")
+    frame[spec.key] = pd.Series(dtype="object")
+    return frame[list(columns)]  # received_at is dropped again where columns lack it
+
+
+class Store(ABC):
+    """One database holding a table per topic; writes are idempotent on (ts, key)."""
+
+    @abstractmethod
+    def ensure_tables(self) -> None:
+        """Create the tables that do not exist yet."""
+
+    @abstractmethod
+    def write(self, spec: Topic, readings: Sequence[_Reading], received_at_ms: int) -> None:
+        """Store readings durably before returning; a (ts, key) already stored is overwritten."""
+
+    @abstractmethod
+    def latest(self, spec: Topic) -> pd.DataFrame:
+        """The newest row of each room/device, all stored columns."""
+
+    @abstractmethod
+    def since(self, spec: Topic, start: TimeLike, end: TimeLike | None = None) -> pd.DataFrame:
+        """Raw rows with start <= ts (< end), ordered by ts, all stored columns."""
+
+    @abstractmethod
+    def range(self, spec: Topic, start: TimeLike, end: TimeLike, max_points: int) -> pd.DataFrame:
+        """Rows with start <= ts < end, at most `max_points` per room/device.
+
+        When a series has more raw rows than that, the database averages its numeric fields over
+        equal time buckets (the row's ts is the bucket start). Columns: ts, key, numeric fields.
+        """
+
+    @abstractmethod
+    def count(self, spec: Topic) -> int:
+        """Number of stored rows (tests and benchmarks)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the database cannot answer."""
+
+    def flush(self) -> None:
+        """Make buffered writes durable (a no-op where write() already is)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

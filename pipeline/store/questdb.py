@@ -1,0 +1,275 @@
+"""QuestDB backend: ILP over HTTP for writes, SQL over PG wire for tables and reads.
+
+Writes go through one long-lived `questdb.Sender` (ILP/HTTP, auto-flush off): each write() adds
+the batch as a DataFrame and flushes it, so the rows are committed to the table's WAL when
+write() returns. Tables are WAL tables with DEDUP UPSERT KEYS(ts, key), which makes re-sent
+readings harmless: the last value wins and the count stays.
+
+WAL tables make committed rows visible to queries 10-110 ms after the flush returns: a read
+right after write() may not see the rows yet (tests poll).
+
+Over PG wire QuestDB returns timestamps naive (they are UTC) and must be given naive UTC
+datetimes as parameters; reads localize the results to UTC so both backends return the same
+shapes (see pipeline.store.base).
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import psycopg
+from questdb import QuestDBError, Sender
+
+from pipeline.schema import TOPICS, Topic, _Reading
+from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, to_ms
+
+_EPOCH = datetime(1970, 1, 1)
+_MAX_INT32 = 2**31 - 1
+_IDLE_CONNECTIONS = 4  # PG connections kept open for reuse; more are opened when threads need them
+
+
+def _naive_utc(t: TimeLike) -> datetime:
+    """The naive UTC datetime QuestDB wants as a bind parameter (aware ones break it)."""
+    return _EPOCH + timedelta(milliseconds=to_ms(t))
+
+
+def _ms_to_us(values) -> np.ndarray:
+    """Epoch ms -> naive datetime64[us], which the ILP client sends as UTC microseconds.
+
+    The client takes us or ns columns, not ms. Microseconds are TIMESTAMP's own precision and go
+    out with the `t` suffix every server version reads (ns would go out as `n` under protocol 2).
+    """
+    return np.asarray(values, dtype="int64").astype("datetime64[ms]").astype("datetime64[us]")
+
+
+def _sample_unit(step_ms: int) -> str:
+    """SAMPLE BY interval for a bucket of step_ms, widened to whole seconds if it overflows `T`."""
+    if step_ms <= _MAX_INT32:
+        return f"{step_ms}T"
+    return f"{-(-step_ms // 1000)}s"  # rounding up keeps the bucket count within max_points
+
+
+def _ddl(spec: Topic) -> str:
+    cols = ", ".join(
+        ["ts TIMESTAMP", f"{spec.key} SYMBOL"]
+        + [f"{c} DOUBLE" for c in spec.numeric]
+        + [f"{c} SYMBOL" for c in spec.text]
+        + ["received_at TIMESTAMP"]
+    )
+    return (
+        f"CREATE TABLE IF NOT EXISTS {spec.name} ({cols}) "
+        f"TIMESTAMP(ts) PARTITION BY DAY WAL DEDUP UPSERT KEYS(ts, {spec.key})"
+    )
+
+
+class QuestDBStore(Store):
+    def __init__(
+        self,
+        host: str,
+        http_port: int = 9000,
+        *,
+        pg_port: int = 8812,
+        user: str = "admin",
+        password: str = "quest",
+        dbname: str = "qdb",
+        connect_timeout: int = 3,
+    ):
+        self.host = host
+        self.http_port = http_port
+        self._http_where = f"{host}:{http_port}"
+        self._pg_where = f"{host}:{pg_port}"
+        # auto_flush=off: nothing leaves before write() flushes; retries on transient HTTP errors are
+        # bounded so a sick server surfaces as StoreUnavailable within seconds.
+        self._sender_conf = f"http::addr={host}:{http_port};auto_flush=off;retry_timeout=5000;"
+        self._pg_params = dict(
+            host=host, port=pg_port, user=user, password=password, dbname=dbname,
+            connect_timeout=connect_timeout, application_name="pipeline-store",
+        )
+        self._sender: Sender | None = None
+        self._write_lock = threading.Lock()  # a Sender is not thread-safe
+        self._idle: list[psycopg.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._tables_ready = False
+
+    # ---- PG wire -----------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            # autocommit: QuestDB has no use for transactions here; prepare_threshold=None: no
+            # server-side prepared statements, so psycopg never sends DEALLOCATE (raises on 9.2).
+            return psycopg.connect(autocommit=True, prepare_threshold=None, **self._pg_params)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"QuestDB at {self._pg_where} (PG wire) is not reachable: {exc}") from exc
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection; it is closed instead of returned when anything went wrong."""
+        with self._pool_lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        healthy = False
+        try:
+            yield conn
+            healthy = not conn.closed and not conn.broken
+        finally:
+            if healthy:
+                with self._pool_lock:
+                    if len(self._idle) < _IDLE_CONNECTIONS:
+                        self._idle.append(conn)
+                        conn = None
+            if conn is not None:
+                conn.close()
+
+    def _query(self, sql: str, params: Sequence | None = None) -> tuple[list[str], list[tuple]]:
+        try:
+            with self._connection() as conn, conn.cursor() as cur:
+                cur.execute(sql, params or None)
+                if cur.description is None:
+                    return [], []
+                return [d.name for d in cur.description], cur.fetchall()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"QuestDB at {self._pg_where} (PG wire): {exc}") from exc
+
+    def _frame(self, spec: Topic, sql: str, params: Sequence, columns: Sequence[str]) -> pd.DataFrame:
+        names, rows = self._query(sql, params)
+        if not rows:
+            return empty_frame(spec, columns)
+        frame = pd.DataFrame.from_records(rows, columns=names)
+        for col in frame.columns:
+            if col in ("ts", "received_at"):
+                # Naive UTC from PG wire -> the UTC-aware millisecond dtype SQLiteStore returns.
+                frame[col] = pd.to_datetime(frame[col]).dt.tz_localize("UTC").astype("datetime64[ms, UTC]")
+            elif col in spec.numeric:
+                frame[col] = pd.to_numeric(frame[col]).astype("float64")  # NaN arrives as None
+        return frame[list(columns)]
+
+    # ---- Store -------------------------------------------------------------------------------
+
+    def ensure_tables(self) -> None:
+        for spec in TOPICS.values():
+            self._query(_ddl(spec))
+        self._tables_ready = True
+
+    def _open_sender(self) -> Sender:
+        if self._sender is None:
+            sender = Sender.from_conf(self._sender_conf)
+            try:
+                sender.establish()  # ILP/HTTP: asks /settings for the protocol version
+            except QuestDBError:
+                sender.close(flush=False)
+                raise
+            self._sender = sender
+        return self._sender
+
+    def _drop_sender(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            try:
+                sender.close(flush=False)  # whatever a failed batch left in the buffer goes with it
+            except QuestDBError:
+                pass
+
+    def write(self, spec: Topic, readings: Sequence[_Reading], received_at_ms: int) -> None:
+        if not readings:
+            return
+        if not self._tables_ready:
+            # A table auto-created by ILP would name its timestamp `timestamp` and have no dedup.
+            self.ensure_tables()
+        n = len(readings)
+        data = {
+            "ts": _ms_to_us([r.ts for r in readings]),
+            spec.key: [getattr(r, spec.key) for r in readings],
+        }
+        for c in spec.numeric:
+            data[c] = np.fromiter((getattr(r, c) for r in readings), dtype="float64", count=n)
+        for c in spec.text:
+            data[c] = [getattr(r, c) for r in readings]
+        data["received_at"] = _ms_to_us(np.full(n, received_at_ms, dtype="int64"))
+        # Within one batch the last reading of a (ts, key) wins, as in SQLite's upsert.
+        frame = pd.DataFrame(data).drop_duplicates(subset=["ts", spec.key], keep="last")
+        with self._write_lock:
+            try:
+                sender = self._open_sender()
+                sender.dataframe(frame, table_name=spec.name, symbols=[spec.key, *spec.text], at="ts")
+                sender.flush()  # HTTP: returns once QuestDB has committed the rows to the WAL
+            except QuestDBError as exc:
+                self._drop_sender()
+                raise StoreUnavailable(
+                    f"QuestDB at {self._http_where} (ILP/HTTP) did not take {len(frame)} {spec.name} rows: {exc}"
+                ) from exc
+
+    def flush(self) -> None:
+        with self._write_lock:
+            if self._sender is None or len(self._sender) == 0:
+                return
+            try:
+                self._sender.flush()
+            except QuestDBError as exc:
+                self._drop_sender()
+                raise StoreUnavailable(f"QuestDB at {self._http_where} (ILP/HTTP) flush failed: {exc}") from exc
+
+    def latest(self, spec: Topic) -> pd.DataFrame:
+        sql = f"SELECT {', '.join(spec.columns)} FROM {spec.name} LATEST ON ts PARTITION BY {spec.key}"
+        frame = self._frame(spec, sql, [], spec.columns)
+        return frame.sort_values(spec.key, ignore_index=True)
+
+    def since(self, spec: Topic, start: TimeLike, end: TimeLike | None = None) -> pd.DataFrame:
+        where, params = "ts >= %s", [_naive_utc(start)]
+        if end is not None:
+            where, params = where + " AND ts < %s", params + [_naive_utc(end)]
+        sql = f"SELECT {', '.join(spec.columns)} FROM {spec.name} WHERE {where} ORDER BY ts, {spec.key}"
+        return self._frame(spec, sql, params, spec.columns)
+
+    def range(self, spec: Topic, start: TimeLike, end: TimeLike, max_points: int) -> pd.DataFrame:
+        start_ms, end_ms = to_ms(start), to_ms(end)
+        columns = ("ts", spec.key, *spec.numeric)
+        step = bucket_ms(start_ms, end_ms, max_points)
+        if end_ms <= start_ms:
+            return empty_frame(spec, columns)
+        k, params = spec.key, [_naive_utc(start_ms), _naive_utc(end_ms)]
+        _, counts = self._query(
+            f"SELECT {k}, count() AS n FROM {spec.name} WHERE ts >= %s AND ts < %s GROUP BY {k}", params
+        )
+        most = max((n for _, n in counts), default=0)
+        if most == 0:
+            return empty_frame(spec, columns)
+        if most <= max_points:
+            sql = (
+                f"SELECT {', '.join(columns)} FROM {spec.name} WHERE ts >= %s AND ts < %s "
+                f"ORDER BY ts, {k}"
+            )
+            return self._frame(spec, sql, params, columns)
+        # Keyed SAMPLE BY: one row per (bucket, key) with data; ts is the bucket start. Buckets are
+        # calendar-aligned (the default since 7.4), and bucket_ms() allows any alignment.
+        means = ", ".join(f"avg({c}) AS {c}" for c in spec.numeric)
+        sql = (
+            f"SELECT ts, {k}, {means} FROM {spec.name} WHERE ts >= %s AND ts < %s "
+            f"SAMPLE BY {_sample_unit(step)}"
+        )
+        frame = self._frame(spec, sql, params, columns)
+        return frame.sort_values(["ts", k], ignore_index=True)
+
+    def count(self, spec: Topic) -> int:
+        _, rows = self._query(f"SELECT count() FROM {spec.name}")
+        return int(rows[0][0])
+
+    def ping(self) -> None:
+        self._query("SELECT 1")
+
+    def close(self) -> None:
+        with self._write_lock:
+            sender, self._sender = self._sender, None
+            if sender is not None:
+                try:
+                    sender.close()  # flushes what is buffered (nothing, after a successful write)
+                except QuestDBError:
+                    pass
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

@@ -1,0 +1,170 @@
+"""Store writer daemon: topic -> validate -> store, committing offsets only after the write.
+
+Writers of one topic share the consumer group `store-writer.<topic>`, so they split its
+partitions (queue semantics). Like quix-streams' sinks, a batch is written, made durable, and
+only then are its offsets committed: a crash anywhere re-reads uncommitted messages, and the
+store's upsert on (ts, key) makes the second write harmless. Messages that fail validation go
+to `<topic>.dlq`, unchanged, with the reason in the `error` header.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from pipeline import kafka
+from pipeline.config import Config
+from pipeline.daemon import Every, backoff
+from pipeline.schema import InvalidMessage, Topic, validate
+from pipeline.store import Store, StoreUnavailable
+
+REPORT_S = 10.0
+
+
+def group_id(spec: Topic) -> str:
+    return f"store-writer.{spec.name}"
+
+
+class StoreWriter:
+    def __init__(self, cfg: Config, spec: Topic, store: Store, stop: threading.Event):
+        self.cfg, self.spec, self.store, self.stop = cfg, spec, store, stop
+        self.log = logging.getLogger(f"writer.{spec.name}")
+        self.consumer = kafka.consumer(cfg, group_id(spec), f"writer-{spec.name}", offset_reset="earliest")
+        self.dlq = kafka.producer(cfg, f"writer-{spec.name}-dlq")
+        self.readings: list = []
+        self.dead: list[tuple[bytes | None, bytes | None, list]] = []  # (key, value, headers)
+        self.offsets: dict[int, int] = {}  # partition -> next offset to commit
+        self.first_pending = 0.0
+        self.stats = {"rows": 0, "batches": 0, "dead": 0}
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        self._wait_for_store()
+        self.consumer.subscribe([self.spec.name], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.log.info("consuming %s as group %s into %s", self.spec.name, group_id(self.spec), type(self.store).__name__)
+        report = Every(REPORT_S)
+        reported = dict(self.stats)
+        flush_s = self.cfg.writer_flush_ms / 1000
+        while not self.stop.is_set():
+            room = self.cfg.writer_batch_size - len(self.readings) - len(self.dead)
+            for msg in self.consumer.consume(num_messages=max(1, room), timeout=0.1):
+                self._take(msg)
+            if self.offsets and (room <= 0 or time.monotonic() - self.first_pending >= flush_s):
+                self._flush(retry=True)
+            elapsed = report()
+            if elapsed:
+                rows, batches, dead = (self.stats[k] - reported[k] for k in ("rows", "batches", "dead"))
+                self.log.info(
+                    "wrote %d rows in %d batches in %.0fs (%.0f rows/s), %d dead-lettered",
+                    rows, batches, elapsed, rows / elapsed, dead,
+                )
+                reported = dict(self.stats)
+        if self.offsets:
+            self._flush(retry=False)
+        self.consumer.close()  # leaves the group at once, so the others take over without waiting
+        self.log.info("stopped: %d rows written, %d dead-lettered", self.stats["rows"], self.stats["dead"])
+
+    def _take(self, msg) -> None:
+        if msg.error():
+            self.log.warning("consume error: %s", msg.error().str())
+            return
+        if not self.offsets:
+            self.first_pending = time.monotonic()
+        try:
+            self.readings.append(validate(self.spec, msg.value(), msg.key(), int(time.time() * 1000)))
+        except InvalidMessage as exc:
+            headers = list(msg.headers() or []) + [
+                ("error", str(exc).encode()),
+                ("source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
+            ]
+            self.dead.append((msg.key(), msg.value(), headers))
+            self.log.warning("dead-lettering %s/%d@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+        self.offsets[msg.partition()] = msg.offset() + 1
+
+    # -- write, then commit -------------------------------------------------------------------
+    def _flush(self, retry: bool) -> bool:
+        """Write pending readings and dead letters, then commit. False if it had to give up."""
+        attempt = 0
+        while True:
+            try:
+                self._deliver_dead_letters()
+                if self.readings:
+                    self.store.write(self.spec, self.readings, int(time.time() * 1000))
+                break
+            except (StoreUnavailable, KafkaException) as exc:
+                if not retry or self.stop.is_set():
+                    self.log.warning("giving up on %d pending messages, left uncommitted for redelivery: %s", len(self.readings) + len(self.dead), exc)
+                    self._forget()
+                    return False
+                delay = backoff(attempt)
+                self.log.warning("write failed (%s); retrying in %.1fs, offsets not committed", exc, delay)
+                attempt += 1
+                self.stop.wait(delay)
+        if attempt:
+            self.log.info("write succeeded after %d retries", attempt)
+        self.stats["rows"] += len(self.readings)
+        self.stats["batches"] += 1
+        self._commit()
+        return True
+
+    def _deliver_dead_letters(self) -> None:
+        if not self.dead:
+            return
+        failures: list[str] = []
+
+        def delivered(err, _msg):
+            if err is not None:
+                failures.append(err.str())
+
+        for key, value, headers in self.dead:
+            self.dlq.produce(self.spec.dlq, key=key, value=value, headers=headers, on_delivery=delivered)
+        left = self.dlq.flush(10)
+        if failures or left:
+            # Nothing is committed; the same dead letters are sent again on the retry.
+            raise KafkaException(f"dead-letter topic {self.spec.dlq} did not take {len(failures) + left} messages: {failures[:1]}")
+        self.stats["dead"] += len(self.dead)
+        self.dead.clear()
+
+    def _commit(self) -> None:
+        offsets = [TopicPartition(self.spec.name, p, o) for p, o in self.offsets.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The rows are stored; whoever owns the partition now re-reads them and the upsert
+            # makes that harmless.
+            self.log.warning("commit failed (%s); the next owner will re-read these rows", exc.args[0].str())
+        self._forget()
+
+    def _forget(self) -> None:
+        self.readings.clear()
+        self.dead.clear()
+        self.offsets.clear()
+
+    # -- group membership ---------------------------------------------------------------------
+    def _on_assign(self, _consumer, partitions) -> None:
+        self.log.info("assigned partitions %s", sorted(p.partition for p in partitions))
+
+    def _on_revoke(self, _consumer, partitions) -> None:
+        # Finish what we hold before the partitions move; if the store is down, leave it
+        # uncommitted for the next owner rather than block the rebalance.
+        if self.offsets:
+            self._flush(retry=False)
+        self.log.info("revoked partitions %s", sorted(p.partition for p in partitions))
+
+    def _wait_for_store(self) -> None:
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                self.store.ensure_tables()
+                return
+            except StoreUnavailable as exc:
+                delay = backoff(attempt)
+                self.log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+                attempt += 1
+                self.stop.wait(delay)
+
+
+def run(cfg: Config, spec: Topic, store: Store, stop: threading.Event) -> None:
+    StoreWriter(cfg, spec, store, stop).run()

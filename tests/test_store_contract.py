@@ -1,0 +1,382 @@
+"""One store contract, run against every backend.
+
+SQLite always runs (a fresh file per test). QuestDB runs when QUESTDB_URL names a server
+(e.g. `QUESTDB_URL=questdb://127.0.0.1`); its tables are dropped and recreated for each test.
+QuestDB's WAL tables show committed rows 10-110 ms after write() returns, so every read that
+depends on a write polls until the expected state shows up (`eventually`), with a deadline.
+"""
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pytest
+
+from pipeline.schema import TOPICS, Humidity, SystemUsage, Temperature, Topic
+from pipeline.store import Store, StoreUnavailable, open_store
+from pipeline.store.base import bucket_ms
+
+TEMP, HUM, SYS = TOPICS["temperature"], TOPICS["humidity"], TOPICS["systemusage"]
+BASE = 1_773_137_000_000  # 2026-03-10T10:03:20Z, a multiple of 10 s
+RECEIVED = BASE + 3_600_000
+SEC = 1000
+GIB = 2**30
+DEADLINE_S = 5.0
+
+
+# ---- backends --------------------------------------------------------------------------------
+
+
+def _questdb_store() -> Store:
+    url = os.environ.get("QUESTDB_URL", "").strip()
+    if not url:
+        pytest.skip("QUESTDB_URL not set: export QUESTDB_URL=questdb://HOST to run the contract against QuestDB")
+    store = open_store(url)
+    try:
+        store.ping()
+        for spec in TOPICS.values():  # independent tests: every test starts from empty tables
+            store._query(f"DROP TABLE IF EXISTS {spec.name}")
+    except StoreUnavailable as exc:
+        store.close()
+        pytest.skip(f"QuestDB at {url} not reachable: {exc}")
+    return store
+
+
+@pytest.fixture(params=["sqlite", "questdb"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = open_store("sqlite:///" + str(tmp_path / "contract.db"))
+    else:
+        s = _questdb_store()
+    s.ensure_tables()
+    yield s
+    s.close()
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def eventually(read, ok, what: str, timeout: float = DEADLINE_S):
+    """Poll `read()` until `ok(result)`; fail with the last result after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = read()
+        if ok(result):
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{what}: not reached within {timeout} s; last read:\n{result!r}")
+        time.sleep(0.02)
+
+
+def wait_count(store: Store, spec: Topic, n: int) -> None:
+    eventually(lambda: store.count(spec), lambda c: c == n, f"{spec.name} count == {n}")
+
+
+def temps(room: str, start: int, n: int, step: int = SEC, value=lambda i: 20.0 + i % 7) -> list[Temperature]:
+    return [Temperature(ts=start + i * step, room=room, value=float(value(i)), unit="°C") for i in range(n)]
+
+
+def usage(device: str, start: int, n: int, step: int = SEC) -> list[SystemUsage]:
+    return [
+        SystemUsage(ts=start + i * step, device=device, cpu_percent=float(5 + i % 90),
+                    memory_used=(1 + i % 8) * GIB + 12345, memory_total=16 * GIB)
+        for i in range(n)
+    ]
+
+
+def ms(series: pd.Series) -> list[int]:
+    """Epoch milliseconds of a datetime64[ms, UTC] column."""
+    return series.astype("int64").tolist()
+
+
+def check_shape(frame: pd.DataFrame, spec: Topic, columns) -> None:
+    assert list(frame.columns) == list(columns)
+    assert str(frame["ts"].dtype) == "datetime64[ms, UTC]"
+    if "received_at" in frame:
+        assert str(frame["received_at"].dtype) == "datetime64[ms, UTC]"
+    assert pd.api.types.is_string_dtype(frame[spec.key])
+    for c in spec.numeric:
+        assert frame[c].dtype == "float64", (c, frame[c].dtype)
+
+
+def by_key(frame: pd.DataFrame, spec: Topic) -> dict[str, pd.DataFrame]:
+    return {k: g.reset_index(drop=True) for k, g in frame.groupby(spec.key, sort=True)}
+
+
+RANGE_COLUMNS = lambda spec: ("ts", spec.key, *spec.numeric)  # noqa: E731
+
+
+# ---- idempotency -----------------------------------------------------------------------------
+
+
+def test_same_readings_twice_keep_the_count(store):
+    readings = temps("kitchen", BASE, 60) + temps("hall", BASE, 60)
+    store.write(TEMP, readings, RECEIVED)
+    wait_count(store, TEMP, 120)
+    store.write(TEMP, readings, RECEIVED + 1)  # a redelivered batch
+    store.write(TEMP, readings[:10], RECEIVED + 2)  # and part of it once more
+    # Nothing in the data changes, so make the last write observable: once it is visible, the
+    # writes before it are applied too (QuestDB's WAL applies them in order).
+    marker = Temperature(ts=BASE, room="kitchen", value=55.5, unit="°C")
+    store.write(TEMP, [marker], RECEIVED + 3)
+    eventually(lambda: store.since(TEMP, BASE, BASE + 1), lambda f: 55.5 in f["value"].tolist(), "marker visible")
+    assert store.count(TEMP) == 120
+    rows = store.since(TEMP, BASE)
+    assert len(rows) == 120
+    assert not rows.duplicated(["ts", "room"]).any()
+
+
+def test_resent_with_changed_value_last_value_wins(store):
+    store.write(TEMP, temps("kitchen", BASE, 60, value=lambda i: 20.0), RECEIVED)
+    store.write(TEMP, temps("hall", BASE, 60, value=lambda i: 21.0), RECEIVED)
+    wait_count(store, TEMP, 120)
+    # The kitchen's readings come again with another value (a corrected re-send).
+    store.write(TEMP, temps("kitchen", BASE, 60, value=lambda i: 80.0), RECEIVED + 5)
+    rows = eventually(
+        lambda: store.since(TEMP, BASE),
+        lambda f: (f.loc[f["room"] == "kitchen", "value"] == 80.0).all(),
+        "kitchen values replaced",
+    )
+    assert len(rows) == 120 and store.count(TEMP) == 120
+    assert (rows.loc[rows["room"] == "hall", "value"] == 21.0).all()
+    assert (ms(rows.loc[rows["room"] == "kitchen", "received_at"])) == [RECEIVED + 5] * 60
+    newest = store.latest(TEMP).set_index("room")
+    assert newest.loc["kitchen", "value"] == 80.0
+    # Downsampled averages see the new values, both for buckets under and over 10 s.
+    for max_points in (4, 10):  # buckets of 20 s and 6.667 s over one minute
+        down = store.range(TEMP, BASE, BASE + 60 * SEC, max_points)
+        per_room = by_key(down, TEMP)
+        assert 0 < len(per_room["kitchen"]) <= max_points
+        assert (per_room["kitchen"]["value"] == 80.0).all(), per_room["kitchen"]
+        assert (per_room["hall"]["value"] == 21.0).all(), per_room["hall"]
+
+
+def test_same_key_twice_in_one_batch_last_wins(store):
+    batch = [
+        Temperature(ts=BASE, room="kitchen", value=20.0, unit="°C"),
+        Temperature(ts=BASE + SEC, room="kitchen", value=22.0, unit="°C"),
+        Temperature(ts=BASE, room="kitchen", value=30.0, unit="°C"),
+    ]
+    store.write(TEMP, batch, RECEIVED)
+    wait_count(store, TEMP, 2)
+    rows = store.since(TEMP, BASE)
+    assert rows["value"].tolist() == [30.0, 22.0]
+
+
+# ---- latest ----------------------------------------------------------------------------------
+
+
+def test_latest_is_the_newest_row_of_each_room(store):
+    # Newer readings first, older ones in a later batch: latest follows ts, not arrival.
+    store.write(TEMP, temps("kitchen", BASE + 30 * SEC, 10), RECEIVED)
+    store.write(TEMP, temps("hall", BASE, 5, value=lambda i: 10.0 + i), RECEIVED + 1)
+    store.write(TEMP, temps("kitchen", BASE, 10, value=lambda i: 50.0), RECEIVED + 2)
+    store.write(TEMP, [Temperature(ts=BASE + 7 * SEC, room="attic", value=-5.5, unit="°C")], RECEIVED + 3)
+    wait_count(store, TEMP, 26)
+    latest = store.latest(TEMP)
+    check_shape(latest, TEMP, TEMP.columns)
+    assert sorted(latest["room"]) == ["attic", "hall", "kitchen"]
+    got = latest.set_index("room")
+    assert ms(got["ts"]) == [ms(got["ts"])[i] for i in range(3)]  # shape sanity
+    expect = {
+        "kitchen": (BASE + 39 * SEC, 20.0 + 9 % 7, RECEIVED),
+        "hall": (BASE + 4 * SEC, 14.0, RECEIVED + 1),
+        "attic": (BASE + 7 * SEC, -5.5, RECEIVED + 3),
+    }
+    for room, (ts, value, received) in expect.items():
+        row = latest[latest["room"] == room]
+        assert ms(row["ts"]) == [ts]
+        assert row["value"].tolist() == [value]
+        assert row["unit"].tolist() == ["°C"]
+        assert ms(row["received_at"]) == [received]
+    # Other topics are separate tables.
+    assert store.latest(HUM).empty
+
+
+def test_latest_systemusage_all_columns(store):
+    store.write(SYS, usage("laptop", BASE, 20) + usage("server", BASE + 5 * SEC, 3), RECEIVED)
+    wait_count(store, SYS, 23)
+    latest = store.latest(SYS)
+    check_shape(latest, SYS, SYS.columns)
+    assert latest["device"].tolist() == ["laptop", "server"]
+    laptop = latest.iloc[0]
+    assert laptop["ts"] == pd.Timestamp(BASE + 19 * SEC, unit="ms", tz="UTC")
+    assert laptop["cpu_percent"] == 5 + 19
+    assert laptop["memory_used"] == (1 + 19 % 8) * GIB + 12345  # exact in float64
+    assert laptop["memory_total"] == 16 * GIB
+    assert ms(latest["received_at"]) == [RECEIVED, RECEIVED]
+
+
+# ---- since -----------------------------------------------------------------------------------
+
+
+def test_since_start_inclusive_end_exclusive_ordered(store):
+    kitchen, hall = temps("kitchen", BASE, 10), temps("hall", BASE, 10, value=lambda i: 40.0 + i)
+    store.write(TEMP, kitchen[5:] + hall[::-1], RECEIVED)  # out of order
+    store.write(TEMP, kitchen[:5], RECEIVED + 1)
+    wait_count(store, TEMP, 20)
+    rows = store.since(TEMP, BASE + 3 * SEC, BASE + 7 * SEC)
+    check_shape(rows, TEMP, TEMP.columns)
+    assert ms(rows["ts"]) == [BASE + s * SEC for s in (3, 3, 4, 4, 5, 5, 6, 6)]
+    assert rows["room"].tolist() == ["hall", "kitchen"] * 4
+    assert rows.loc[rows["room"] == "hall", "value"].tolist() == [43.0, 44.0, 45.0, 46.0]
+    assert ms(rows["received_at"]) == [RECEIVED, RECEIVED + 1, RECEIVED, RECEIVED + 1, RECEIVED, RECEIVED, RECEIVED, RECEIVED]
+    # Without an end: everything from start on.
+    tail = store.since(TEMP, BASE + 8 * SEC)
+    assert ms(tail["ts"]) == [BASE + 8 * SEC] * 2 + [BASE + 9 * SEC] * 2
+    # Start equal to end, or a window with no rows: empty, same columns.
+    for frame in (store.since(TEMP, BASE + 3 * SEC, BASE + 3 * SEC), store.since(TEMP, BASE + 60 * SEC)):
+        assert frame.empty
+        assert list(frame.columns) == list(TEMP.columns)
+
+
+# ---- range -----------------------------------------------------------------------------------
+
+
+def test_range_returns_raw_rows_when_they_fit(store):
+    store.write(TEMP, temps("kitchen", BASE, 30) + temps("hall", BASE + 500, 30), RECEIVED)
+    wait_count(store, TEMP, 60)
+    start, end = BASE, BASE + 30 * SEC
+    raw = store.since(TEMP, start, end)[list(RANGE_COLUMNS(TEMP))]
+    for max_points in (30, 1000):  # exactly fits, and far more room than rows
+        got = store.range(TEMP, start, end, max_points)
+        check_shape(got, TEMP, RANGE_COLUMNS(TEMP))
+        pd.testing.assert_frame_equal(got, raw)
+
+
+def test_range_raw_rows_inside_a_window_not_aligned_to_10s(store):
+    # 25 rows per room in [start, end); rows just outside the window must not count.
+    store.write(TEMP, temps("kitchen", BASE, 60) + temps("hall", BASE, 60), RECEIVED)
+    wait_count(store, TEMP, 120)
+    start, end = BASE + 5 * SEC, BASE + 30 * SEC
+    got = store.range(TEMP, start, end, 25)
+    raw = store.since(TEMP, start, end)[list(RANGE_COLUMNS(TEMP))]
+    assert len(raw) == 50
+    pd.testing.assert_frame_equal(got, raw)
+
+
+@pytest.mark.parametrize("max_points", [20, 100])  # buckets of 15.8 s and 3.03 s over 300 s
+def test_range_downsamples_to_max_points_per_series(store, max_points):
+    wave = lambda i: 20.0 + (i * 7) % 23 + (i % 5) * 0.25  # noqa: E731
+    store.write(TEMP, temps("kitchen", BASE, 300, value=wave), RECEIVED)
+    store.write(TEMP, temps("hall", BASE + 250, 300, value=lambda i: 40.0 + i % 11), RECEIVED)
+    wait_count(store, TEMP, 600)
+    start, end = BASE, BASE + 300 * SEC
+    bucket = bucket_ms(start, end, max_points)
+    raw = by_key(store.since(TEMP, start, end), TEMP)
+    down = store.range(TEMP, start, end, max_points)
+    check_shape(down, TEMP, RANGE_COLUMNS(TEMP))
+    assert ms(down["ts"]) == sorted(ms(down["ts"]))
+    per_room = by_key(down, TEMP)
+    assert sorted(per_room) == ["hall", "kitchen"]
+    for room, rows in per_room.items():
+        assert 2 <= len(rows) <= max_points
+        assert rows["ts"].is_unique
+        assert all(start - bucket <= t < end for t in ms(rows["ts"]))
+        lo, hi = raw[room]["value"].min(), raw[room]["value"].max()
+        assert rows["value"].between(lo, hi).all(), (room, lo, hi, rows)
+        assert rows["value"].nunique() > 1  # averages, not a constant
+
+
+@pytest.mark.parametrize("max_points", [20, 100])
+def test_range_downsampled_values_ignore_rows_outside_the_window(store, max_points):
+    # Rows around the window carry an extreme value that must not leak into any average.
+    outside = temps("kitchen", BASE, 400, value=lambda i: 99.0)
+    inside = temps("kitchen", BASE + 45_500, 300, value=lambda i: 20.0 + i % 9)
+    store.write(TEMP, outside, RECEIVED)
+    store.write(TEMP, inside, RECEIVED + 1)  # overwrites the middle of `outside`
+    eventually(lambda: store.since(TEMP, BASE + 45_500, BASE + 46_000), lambda f: f["value"].tolist() == [20.0], "overwrite visible")
+    start, end = BASE + 45_500, BASE + 345_500  # not aligned to 10 s
+    bucket = bucket_ms(start, end, max_points)
+    down = store.range(TEMP, start, end, max_points)
+    assert 2 <= len(down) <= max_points
+    assert all(start - bucket <= t < end for t in ms(down["ts"]))
+    assert down["value"].between(20.0, 28.0).all(), down
+
+
+def test_range_systemusage_averages_every_numeric_field(store):
+    store.write(SYS, usage("laptop", BASE, 240), RECEIVED)
+    wait_count(store, SYS, 240)
+    start, end = BASE, BASE + 240 * SEC
+    down = store.range(SYS, start, end, 12)
+    check_shape(down, SYS, RANGE_COLUMNS(SYS))
+    assert 2 <= len(down) <= 12
+    raw = store.since(SYS, start, end)
+    for c in SYS.numeric:
+        assert down[c].between(raw[c].min(), raw[c].max()).all(), c
+    assert (down["memory_total"] == 16 * GIB).all()
+
+
+# ---- time zones ------------------------------------------------------------------------------
+
+
+def test_time_zones_give_identical_results(store):
+    readings = temps("kitchen", BASE + 123, 40) + temps("hall", BASE + 456, 40)
+    store.write(TEMP, readings, RECEIVED)
+    wait_count(store, TEMP, 120 - 40)
+    start_ms, end_ms = BASE + 10 * SEC, BASE + 30 * SEC
+    utc = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    start_utc = utc + timedelta(milliseconds=start_ms)
+    end_utc = utc + timedelta(milliseconds=end_ms)
+    forms = {
+        "epoch ms": (start_ms, end_ms),
+        "naive UTC": (start_utc.replace(tzinfo=None), end_utc.replace(tzinfo=None)),
+        "New York": (start_utc.astimezone(ZoneInfo("America/New_York")), end_utc.astimezone(ZoneInfo("America/New_York"))),
+        "+05:30": tuple(t.astimezone(timezone(timedelta(hours=5, minutes=30))) for t in (start_utc, end_utc)),
+        "pandas": (pd.Timestamp(start_ms, unit="ms", tz="Asia/Tokyo"), pd.Timestamp(end_ms, unit="ms", tz="Asia/Tokyo")),
+    }
+    reference = store.since(TEMP, start_ms, end_ms)
+    written = sorted(r.ts for r in readings if start_ms <= r.ts < end_ms)
+    assert sorted(ms(reference["ts"])) == written  # ts comes back UTC-aware, equal to what was written
+    assert str(reference["ts"].dtype) == "datetime64[ms, UTC]"
+    assert reference["ts"].iloc[0] == pd.Timestamp(written[0], unit="ms", tz="UTC")
+    for name, (start, end) in forms.items():
+        pd.testing.assert_frame_equal(store.since(TEMP, start, end), reference, obj=f"since with {name}")
+        for max_points in (5, 100):
+            pd.testing.assert_frame_equal(
+                store.range(TEMP, start, end, max_points),
+                store.range(TEMP, start_ms, end_ms, max_points),
+                obj=f"range({max_points}) with {name}",
+            )
+
+
+# ---- empty tables and unknown rooms ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", list(TOPICS.values()), ids=list(TOPICS))
+def test_empty_tables_give_empty_frames(store, spec):
+    assert store.count(spec) == 0
+    store.ping()
+    frames = {
+        "latest": (store.latest(spec), spec.columns),
+        "since": (store.since(spec, BASE), spec.columns),
+        "since with end": (store.since(spec, BASE, BASE + SEC), spec.columns),
+        "range raw": (store.range(spec, BASE, BASE + 60 * SEC, 1000), RANGE_COLUMNS(spec)),
+        "range downsampled": (store.range(spec, BASE, BASE + 86_400 * SEC, 10), RANGE_COLUMNS(spec)),
+    }
+    for name, (frame, columns) in frames.items():
+        assert frame.empty, name
+        check_shape(frame, spec, columns)
+
+
+def test_unknown_rooms_do_not_appear(store):
+    store.write(TEMP, temps("kitchen", BASE, 30) + temps("hall", BASE, 30), RECEIVED)
+    store.write(HUM, [Humidity(ts=BASE, room="cellar", value=80.0, unit="%")], RECEIVED)
+    wait_count(store, TEMP, 60)
+    wait_count(store, HUM, 1)
+    for frame in (store.latest(TEMP), store.since(TEMP, BASE), store.range(TEMP, BASE, BASE + 30 * SEC, 5)):
+        assert set(frame["room"]) == {"kitchen", "hall"}
+    assert store.latest(HUM)["room"].tolist() == ["cellar"]
+    assert store.latest(HUM)["unit"].tolist() == ["%"]
+    # A window before any reading: nothing, and no error.
+    assert store.since(TEMP, BASE - 60 * SEC, BASE).empty
+    assert store.range(TEMP, BASE - 60 * SEC, BASE, 5).empty
+
+
+def test_empty_write_is_a_no_op(store):
+    store.write(TEMP, [], RECEIVED)
+    store.flush()
+    assert store.count(TEMP) == 0
