@@ -21,6 +21,7 @@ class Services:
     ring: Ring = field(default_factory=lambda: Ring(RING_SIZE))
     health: Health = field(default_factory=Health)
     feed: LiveFeed | None = None
+    tables_ready: bool = False
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -31,20 +32,28 @@ class Services:
         """Start the live consumer and the store health check (not at import: see __main__)."""
         self.feed = LiveFeed(self.cfg, self.ring, self.health)
         self.feed.start()
+        self._check_store()
         threading.Thread(target=self._watch_store, name="store-health", daemon=True).start()
         return self
 
     def _watch_store(self) -> None:
         while not self.stopping.wait(STORE_CHECK_S):
-            try:
-                self.store.ping()
-                if not self.health.store_ok:
-                    log.info("store reachable again")
-                self.health.store_ok = True
-            except StoreUnavailable as exc:
-                if self.health.store_ok:
-                    log.warning("store unreachable: %s", exc)
-                self.health.store_ok = False
+            self._check_store()
+
+    def _check_store(self) -> None:
+        # Creating the tables (if the writers have not yet) lets a fresh page show empty charts.
+        try:
+            if not self.tables_ready:
+                self.store.ensure_tables()
+                self.tables_ready = True
+            self.store.ping()
+            if not self.health.store_ok:
+                log.info("store reachable again")
+            self.health.store_ok = True
+        except StoreUnavailable as exc:
+            if self.health.store_ok:
+                log.warning("store unreachable: %s", exc)
+            self.health.store_ok = False
 
     def stop(self) -> None:
         self.stopping.set()

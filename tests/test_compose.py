@@ -336,7 +336,9 @@ def test_product_services_use_their_own_brokers_and_questdb(services, brokers, p
         if len(brokers) > 1:
             assert env.get("REPLICATION_FACTOR") == "3"
             assert (service.get("profiles") or []) == ["cluster"]
-    assert command_of(services[product["pipeline"]])[-4:] == ["-m", "pipeline.run", "all", "--no-dashboard"]
+    pipeline = services[product["pipeline"]]
+    assert command_of(pipeline)[-4:] == ["-m", "pipeline.run", "all", "--no-dashboard"]
+    assert pipeline.get("hostname"), "device 0 is named after the hostname: a container id would change on every re-creation"
     dashboard = services[product["dashboard"]]
     assert command_of(dashboard)[-2:] == ["-m", "dash_app"]
     env = env_of(dashboard)

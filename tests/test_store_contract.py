@@ -179,8 +179,6 @@ def test_latest_is_the_newest_row_of_each_room(store):
     latest = store.latest(TEMP)
     check_shape(latest, TEMP, TEMP.columns)
     assert sorted(latest["room"]) == ["attic", "hall", "kitchen"]
-    got = latest.set_index("room")
-    assert ms(got["ts"]) == [ms(got["ts"])[i] for i in range(3)]  # shape sanity
     expect = {
         "kitchen": (BASE + 39 * SEC, 20.0 + 9 % 7, RECEIVED),
         "hall": (BASE + 4 * SEC, 14.0, RECEIVED + 1),
@@ -283,12 +281,12 @@ def test_range_downsamples_to_max_points_per_series(store, max_points):
 
 @pytest.mark.parametrize("max_points", [20, 100])
 def test_range_downsampled_values_ignore_rows_outside_the_window(store, max_points):
-    # Rows around the window carry an extreme value that must not leak into any average.
-    outside = temps("kitchen", BASE, 400, value=lambda i: 99.0)
+    # Rows just before and just after the window carry an extreme value that must not leak in.
+    before = temps("kitchen", BASE, 46, value=lambda i: 99.0)  # up to BASE + 45 s
     inside = temps("kitchen", BASE + 45_500, 300, value=lambda i: 20.0 + i % 9)
-    store.write(TEMP, outside, RECEIVED)
-    store.write(TEMP, inside, RECEIVED + 1)  # overwrites the middle of `outside`
-    eventually(lambda: store.since(TEMP, BASE + 45_500, BASE + 46_000), lambda f: f["value"].tolist() == [20.0], "overwrite visible")
+    after = temps("kitchen", BASE + 346 * SEC, 50, value=lambda i: 99.0)
+    store.write(TEMP, before + inside + after, RECEIVED)
+    wait_count(store, TEMP, 396)
     start, end = BASE + 45_500, BASE + 345_500  # not aligned to 10 s
     bucket = bucket_ms(start, end, max_points)
     down = store.range(TEMP, start, end, max_points)
@@ -316,7 +314,7 @@ def test_range_systemusage_averages_every_numeric_field(store):
 def test_time_zones_give_identical_results(store):
     readings = temps("kitchen", BASE + 123, 40) + temps("hall", BASE + 456, 40)
     store.write(TEMP, readings, RECEIVED)
-    wait_count(store, TEMP, 120 - 40)
+    wait_count(store, TEMP, 80)
     start_ms, end_ms = BASE + 10 * SEC, BASE + 30 * SEC
     utc = datetime(1970, 1, 1, tzinfo=timezone.utc)
     start_utc = utc + timedelta(milliseconds=start_ms)

@@ -15,9 +15,8 @@ shapes (see pipeline.store.base).
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -66,6 +65,14 @@ def _ddl(spec: Topic) -> str:
     )
 
 
+def _run(conn: psycopg.Connection, sql: str, params: Sequence | None) -> tuple[list[str], list[tuple]]:
+    with conn.cursor() as cur:
+        cur.execute(sql, params or None)
+        if cur.description is None:  # DDL
+            return [], []
+        return [d.name for d in cur.description], cur.fetchall()
+
+
 class QuestDBStore(Store):
     def __init__(
         self,
@@ -105,35 +112,42 @@ class QuestDBStore(Store):
         except psycopg.Error as exc:
             raise StoreUnavailable(f"QuestDB at {self._pg_where} (PG wire) is not reachable: {exc}") from exc
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection; it is closed instead of returned when anything went wrong."""
+    def _acquire(self) -> tuple[psycopg.Connection, bool]:
+        """An idle pooled connection (reused=True) or a new one."""
         with self._pool_lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._connect()
-        healthy = False
-        try:
-            yield conn
-            healthy = not conn.closed and not conn.broken
-        finally:
-            if healthy:
-                with self._pool_lock:
-                    if len(self._idle) < _IDLE_CONNECTIONS:
-                        self._idle.append(conn)
-                        conn = None
-            if conn is not None:
-                conn.close()
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def _release(self, conn: psycopg.Connection) -> None:
+        if not conn.closed and not conn.broken:
+            with self._pool_lock:
+                if len(self._idle) < _IDLE_CONNECTIONS:
+                    self._idle.append(conn)
+                    return
+        conn.close()
 
     def _query(self, sql: str, params: Sequence | None = None) -> tuple[list[str], list[tuple]]:
+        conn, reused = self._acquire()
         try:
-            with self._connection() as conn, conn.cursor() as cur:
-                cur.execute(sql, params or None)
-                if cur.description is None:
-                    return [], []
-                return [d.name for d in cur.description], cur.fetchall()
+            try:
+                result = _run(conn, sql, params)
+            except psycopg.OperationalError:
+                if not reused:
+                    raise
+                # A pooled connection can outlive the server (restart, network): one more try on a
+                # fresh connection (every statement here is a read or idempotent DDL).
+                conn.close()
+                conn = self._connect()
+                result = _run(conn, sql, params)
         except psycopg.Error as exc:
+            conn.close()
             raise StoreUnavailable(f"QuestDB at {self._pg_where} (PG wire): {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._release(conn)
+        return result
 
     def _frame(self, spec: Topic, sql: str, params: Sequence, columns: Sequence[str]) -> pd.DataFrame:
         names, rows = self._query(sql, params)
@@ -233,7 +247,7 @@ class QuestDBStore(Store):
             return empty_frame(spec, columns)
         k, params = spec.key, [_naive_utc(start_ms), _naive_utc(end_ms)]
         _, counts = self._query(
-            f"SELECT {k}, count() AS n FROM {spec.name} WHERE ts >= %s AND ts < %s GROUP BY {k}", params
+            f"SELECT {k}, count(*) AS n FROM {spec.name} WHERE ts >= %s AND ts < %s GROUP BY {k}", params
         )
         most = max((n for _, n in counts), default=0)
         if most == 0:
@@ -255,7 +269,7 @@ class QuestDBStore(Store):
         return frame.sort_values(["ts", k], ignore_index=True)
 
     def count(self, spec: Topic) -> int:
-        _, rows = self._query(f"SELECT count() FROM {spec.name}")
+        _, rows = self._query(f"SELECT count(*) FROM {spec.name}")
         return int(rows[0][0])
 
     def ping(self) -> None:
