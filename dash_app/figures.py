@@ -28,7 +28,9 @@ def line_figure(chart: Chart, frame: pd.DataFrame, note: str | None = None) -> g
             label = name if len(chart.fields) == 1 else f"{name} {FIELD_LABELS.get(field, field)}"
             fig.add_trace(
                 go.Scatter(
-                    x=rows["ts"].to_numpy(), y=rows[field].to_numpy(), name=label, mode="lines",
+                    # Plain lists, not numpy arrays: plotly would ship those as typed arrays,
+                    # which Plotly.extendTraces (dcc.Graph.extendData) cannot extend.
+                    x=rows["ts"].tolist(), y=rows[field].tolist(), name=label, mode="lines",
                     meta=series_id(name, field), line={"dash": "dot"} if field == "memory_total" else None,
                 )
             )

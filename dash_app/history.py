@@ -3,11 +3,14 @@
 The store lags Kafka by a writer batch, so the newest points may exist only in the ring. The
 snapshot takes the ring's cursor first, then per series appends ring points newer than the
 store's last row: the page gets every point up to the cursor once, and the stream continues
-from that cursor.
+from that cursor. Right after the dashboard starts, the ring begins later than the store
+ends (the live consumer starts from the latest offset); the snapshot then waits briefly for the
+writers to close that gap rather than leave a hole.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -17,6 +20,7 @@ from pipeline.schema import TOPICS, Topic
 from pipeline.store import Store, StoreUnavailable
 
 log = logging.getLogger("dash_app.history")
+CATCH_UP_S = 3.0  # longest a live page load waits for the writers to reach the ring's first points
 
 
 @dataclass
@@ -40,10 +44,16 @@ def topic_range(store: Store, spec: Topic, start_ms: int, end_ms: int, max_point
 def snapshot(store: Store, ring: Ring, health: Health, start_ms: int, end_ms: int, max_points: int, with_ring: bool) -> Snapshot:
     """History of every topic for [start, end); `with_ring` adds the ring's newer points."""
     ring_rows, head = ring.snapshot()
-    frames, ring_frames, error = {}, {}, None
+    ring_frames = {
+        spec.name: pd.DataFrame(ring_rows.get(spec.name, []), columns=["ts", spec.key, *spec.numeric])
+        for spec in TOPICS.values()
+    }
+    if with_ring:
+        _await_store(store, ring_frames)
+    frames, error = {}, None
     for spec in TOPICS.values():
         columns = ["ts", spec.key, *spec.numeric]
-        ring_frames[spec.name] = live = pd.DataFrame(ring_rows.get(spec.name, []), columns=columns)
+        live = ring_frames[spec.name]
         try:
             stored = topic_range(store, spec, start_ms, end_ms, max_points)
             health.store_ok = True
@@ -57,8 +67,29 @@ def snapshot(store: Store, ring: Ring, health: Health, start_ms: int, end_ms: in
             live = live[(live["ts"] >= start_ms) & (live["ts"] < end_ms)]
             last = stored.groupby(spec.key)["ts"].max()
             live = live[live["ts"] > live[spec.key].map(last).fillna(-1)]
-        frames[spec.name] = pd.concat([f for f in (stored, live) if not f.empty] or [stored]).sort_values("ts", kind="stable")
+        merged = pd.concat([f for f in (stored, live) if not f.empty] or [stored])
+        # The ring may hold a point twice (the feed re-reads from its last point after a rebalance).
+        frames[spec.name] = merged.drop_duplicates(["ts", spec.key], keep="last").sort_values("ts", kind="stable")
     return Snapshot(frames, f"{ring.epoch}:{head}", ring_frames, error)
+
+
+def _await_store(store: Store, ring_frames: dict[str, pd.DataFrame]) -> None:
+    """Wait until, for every series, the store reaches the ring's first point (or give up)."""
+    deadline = time.monotonic() + CATCH_UP_S
+    for spec in TOPICS.values():
+        first = ring_frames[spec.name].groupby(spec.key)["ts"].min()
+        while not first.empty:
+            try:
+                stored = _ms(store.latest(spec)).set_index(spec.key)["ts"]
+            except StoreUnavailable:
+                return
+            behind = first[first.index.map(stored).fillna(-1) < first]
+            if behind.empty:
+                break
+            if time.monotonic() > deadline:
+                log.warning("the store has not caught up with the live feed for %s; the chart may show a gap", ", ".join(behind.index))
+                return
+            time.sleep(0.05)
 
 
 def latest(store: Store, ring_frames: dict[str, pd.DataFrame]) -> dict[str, dict]:

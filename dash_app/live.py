@@ -1,7 +1,8 @@
 """The live path: a Kafka consumer thread -> a ring buffer with a cursor -> websocket frames.
 
-The dashboard process reads every reading in a consumer group of its own (pub/sub), from the
-latest offsets. Each point gets a sequence number; a client asks for everything after its
+The dashboard process reads every reading in a consumer group of its own (pub/sub). On each
+assignment it seeks by time: to just before the process started, or after a broker restart to
+the last point it saw, so no reading falls between the store and the ring. Each point gets a sequence number; a client asks for everything after its
 cursor, so a dropped frame or connection is repaired by reconnecting from that cursor. The
 cursor carries the ring's epoch (one per process): after a restart, an old cursor means
 "reload history", never a silent hole.
@@ -16,7 +17,7 @@ import uuid
 from collections import deque
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import OFFSET_END, KafkaError, KafkaException, TopicPartition
 
 from pipeline import kafka
 from pipeline.config import Config
@@ -24,6 +25,7 @@ from pipeline.schema import TOPICS, InvalidMessage, validate
 
 log = logging.getLogger("dash_app.live")
 HEARTBEAT_S = 1.0  # idle connections still get a frame this often: it carries the status
+START_MARGIN_MS = 10_000  # the ring starts this long before the process did
 
 
 class Gap(Exception):
@@ -105,6 +107,8 @@ class LiveFeed(threading.Thread):
         super().__init__(name="live-feed", daemon=True)
         self.cfg, self.ring, self.health = cfg, ring, health
         self.stopping = threading.Event()
+        self.ready = threading.Event()  # set once the first assignment is positioned
+        self.resume_ms = int(time.time() * 1000) - START_MARGIN_MS
         self.skipped = 0  # invalid messages: the store writers dead-letter them, we just skip
 
     def _on_error(self, err: KafkaError) -> None:
@@ -117,7 +121,7 @@ class LiveFeed(threading.Thread):
         consumer = kafka.consumer(
             self.cfg, kafka.unique_group("dashboard"), "dashboard-live", offset_reset="latest", on_error=self._on_error
         )
-        consumer.subscribe(list(TOPICS))
+        consumer.subscribe(list(TOPICS), on_assign=self._on_assign)
         log.info("live feed consuming %s from %s", ", ".join(TOPICS), self.cfg.bootstrap_servers)
         last_check = 0.0
         try:
@@ -133,6 +137,7 @@ class LiveFeed(threading.Thread):
                         self.skipped += 1
                         continue
                     batch.append((spec.name, row_of(spec, reading)))
+                    self.resume_ms = max(self.resume_ms, reading.ts)
                 if batch:
                     self.ring.extend(batch)
                     self.health.broker_ok = True
@@ -141,6 +146,19 @@ class LiveFeed(threading.Thread):
                     self._check_broker(consumer)
         finally:
             consumer.close()
+
+    def _on_assign(self, consumer, partitions) -> None:
+        try:
+            found = consumer.offsets_for_times([TopicPartition(p.topic, p.partition, self.resume_ms) for p in partitions], timeout=5)
+            for p, f in zip(partitions, found):
+                p.offset = f.offset if f.offset >= 0 else OFFSET_END  # -1: nothing that recent yet
+        except KafkaException as exc:
+            log.warning("cannot seek to %d (%s); reading from the latest offsets", self.resume_ms, exc)
+            for p in partitions:
+                p.offset = OFFSET_END
+        consumer.assign(partitions)
+        log.info("live feed assigned %d partitions from %s", len(partitions), time.strftime("%H:%M:%S", time.gmtime(self.resume_ms / 1000)))
+        self.ready.set()
 
     def _check_broker(self, consumer) -> None:
         try:

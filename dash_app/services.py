@@ -12,6 +12,7 @@ from pipeline.store import Store, StoreUnavailable, open_store
 log = logging.getLogger("dash_app")
 RING_SIZE = 200_000
 STORE_CHECK_S = 2.0
+FEED_START_S = 10.0
 
 
 @dataclass
@@ -33,6 +34,10 @@ class Services:
         self.feed = LiveFeed(self.cfg, self.ring, self.health)
         self.feed.start()
         self._check_store()
+        # Serve pages only once the ring is filling: a page loaded earlier would miss the points
+        # between its history and the start of the stream.
+        if not self.feed.ready.wait(FEED_START_S):
+            log.warning("live feed not assigned after %.0fs (broker down?); serving history only until it is", FEED_START_S)
         threading.Thread(target=self._watch_store, name="store-health", daemon=True).start()
         return self
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Sequence, Union
 
 import pandas as pd
@@ -16,6 +16,8 @@ import pandas as pd
 from pipeline.schema import Topic, _Reading
 
 TimeLike = Union[int, float, datetime, pd.Timestamp]
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 class StoreUnavailable(RuntimeError):
@@ -29,7 +31,7 @@ def to_ms(t: TimeLike) -> int:
     if isinstance(t, datetime):
         if t.tzinfo is None:
             t = t.replace(tzinfo=timezone.utc)
-        return int(t.timestamp() * 1000)
+        return (t - _EPOCH) // _ONE_MS  # integer arithmetic: timestamp() * 1000 can be 1 ms short
     raise TypeError(f"expected epoch milliseconds or a datetime, got {type(t).__name__}")
 
 

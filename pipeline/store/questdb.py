@@ -149,7 +149,9 @@ class QuestDBStore(Store):
         self._release(conn)
         return result
 
-    def _frame(self, spec: Topic, sql: str, params: Sequence, columns: Sequence[str]) -> pd.DataFrame:
+    def _frame(
+        self, spec: Topic, sql: str, params: Sequence, columns: Sequence[str], order: Sequence[str] = ()
+    ) -> pd.DataFrame:
         names, rows = self._query(sql, params)
         if not rows:
             return empty_frame(spec, columns)
@@ -157,10 +159,12 @@ class QuestDBStore(Store):
         for col in frame.columns:
             if col in ("ts", "received_at"):
                 # Naive UTC from PG wire -> the UTC-aware millisecond dtype SQLiteStore returns.
-                frame[col] = pd.to_datetime(frame[col]).dt.tz_localize("UTC").astype("datetime64[ms, UTC]")
+                frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[ms, UTC]")
             elif col in spec.numeric:
                 frame[col] = pd.to_numeric(frame[col]).astype("float64")  # NaN arrives as None
-        return frame[list(columns)]
+        frame = frame[list(columns)]
+        # Same order as SQLiteStore whatever the server did (SAMPLE BY output is not ordered).
+        return frame.sort_values(order, ignore_index=True, kind="stable") if order else frame
 
     # ---- Store -------------------------------------------------------------------------------
 
@@ -229,15 +233,14 @@ class QuestDBStore(Store):
 
     def latest(self, spec: Topic) -> pd.DataFrame:
         sql = f"SELECT {', '.join(spec.columns)} FROM {spec.name} LATEST ON ts PARTITION BY {spec.key}"
-        frame = self._frame(spec, sql, [], spec.columns)
-        return frame.sort_values(spec.key, ignore_index=True)
+        return self._frame(spec, sql, [], spec.columns, order=[spec.key])
 
     def since(self, spec: Topic, start: TimeLike, end: TimeLike | None = None) -> pd.DataFrame:
         where, params = "ts >= %s", [_naive_utc(start)]
         if end is not None:
             where, params = where + " AND ts < %s", params + [_naive_utc(end)]
         sql = f"SELECT {', '.join(spec.columns)} FROM {spec.name} WHERE {where} ORDER BY ts, {spec.key}"
-        return self._frame(spec, sql, params, spec.columns)
+        return self._frame(spec, sql, params, spec.columns, order=["ts", spec.key])
 
     def range(self, spec: Topic, start: TimeLike, end: TimeLike, max_points: int) -> pd.DataFrame:
         start_ms, end_ms = to_ms(start), to_ms(end)
@@ -257,7 +260,7 @@ class QuestDBStore(Store):
                 f"SELECT {', '.join(columns)} FROM {spec.name} WHERE ts >= %s AND ts < %s "
                 f"ORDER BY ts, {k}"
             )
-            return self._frame(spec, sql, params, columns)
+            return self._frame(spec, sql, params, columns, order=["ts", k])
         # Keyed SAMPLE BY: one row per (bucket, key) with data; ts is the bucket start. Buckets are
         # calendar-aligned (the default since 7.4), and bucket_ms() allows any alignment.
         means = ", ".join(f"avg({c}) AS {c}" for c in spec.numeric)
@@ -265,8 +268,7 @@ class QuestDBStore(Store):
             f"SELECT ts, {k}, {means} FROM {spec.name} WHERE ts >= %s AND ts < %s "
             f"SAMPLE BY {_sample_unit(step)}"
         )
-        frame = self._frame(spec, sql, params, columns)
-        return frame.sort_values(["ts", k], ignore_index=True)
+        return self._frame(spec, sql, params, columns, order=["ts", k])
 
     def count(self, spec: Topic) -> int:
         _, rows = self._query(f"SELECT count(*) FROM {spec.name}")

@@ -55,7 +55,7 @@ class SQLiteStore(Store):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         # One connection per thread: the dashboard reads from several server threads at once.
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
@@ -69,7 +69,13 @@ class SQLiteStore(Store):
                 raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
             self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                # A threaded HTTP server starts a thread per connection: close the connections of
+                # threads that have ended, or they pile up until the process runs out of files.
+                alive = [(t, c) for t, c in self._all if t.is_alive()]
+                for t, c in self._all:
+                    if not t.is_alive():
+                        c.close()
+                self._all = alive + [(threading.current_thread(), conn)]
         return conn
 
     def _run(self, fn):
@@ -135,31 +141,36 @@ class SQLiteStore(Store):
         start_ms, end_ms = to_ms(start), to_ms(end)
         columns = ("ts", spec.key, *spec.numeric)
         step = bucket_ms(start_ms, end_ms, max_points)
-        first = start_ms // ROLLUP_MS * ROLLUP_MS
+        t, k, fields = spec.name, spec.key, ", ".join(spec.numeric)
+        # Whole rollup buckets inside [start, end) come from the rollup; the partial buckets at
+        # the two edges come from raw rows, so no row outside the window is counted or averaged.
+        lo = -(-start_ms // ROLLUP_MS) * ROLLUP_MS  # first bucket starting at or after start
+        hi = end_ms // ROLLUP_MS * ROLLUP_MS  # buckets before hi end at or before end
+        head_end, tail_start = (lo, hi) if lo <= hi else (end_ms, end_ms)  # window inside one bucket
+        pieces = (
+            f"SELECT bucket AS b, {k}, n, {fields} FROM {t}_rollup WHERE bucket >= ? AND bucket < ? "
+            f"UNION ALL SELECT ts, {k}, 1, {fields} FROM {t} WHERE ts >= ? AND ts < ? "
+            f"UNION ALL SELECT ts, {k}, 1, {fields} FROM {t} WHERE ts >= ? AND ts < ?"
+        )
+        piece_params = [lo, hi, start_ms, head_end, tail_start, end_ms]
         counts = self._run(
             lambda c: c.execute(
-                f"SELECT max(total) FROM (SELECT sum(n) AS total FROM {spec.name}_rollup "
-                f"WHERE bucket >= ? AND bucket < ? GROUP BY {spec.key})",
-                (first, end_ms),
+                f"SELECT max(total) FROM (SELECT sum(n) AS total FROM ({pieces}) GROUP BY {k})", piece_params
             ).fetchone()[0]
         )
         if not counts:
             return empty_frame(spec, columns)
-        k, fields = spec.key, ", ".join(spec.numeric)
         if counts <= max_points:
-            sql = f"SELECT ts, {k}, {fields} FROM {spec.name} WHERE ts >= ? AND ts < ? ORDER BY ts, {k}"
+            sql = f"SELECT ts, {k}, {fields} FROM {t} WHERE ts >= ? AND ts < ? ORDER BY ts, {k}"
             return self._frame(spec, sql, [start_ms, end_ms], columns)
         if step >= ROLLUP_MS:
-            step = math.ceil(step / ROLLUP_MS) * ROLLUP_MS
+            step = math.ceil(step / ROLLUP_MS) * ROLLUP_MS  # an edge row falls in its rollup bucket's step
             means = ", ".join(f"sum({c}) / sum(n) AS {c}" for c in spec.numeric)
-            sql = (
-                f"SELECT bucket / {step} * {step} AS ts, {k}, {means} FROM {spec.name}_rollup "
-                f"WHERE bucket >= ? AND bucket < ? GROUP BY ts, {k} ORDER BY ts, {k}"
-            )
-            return self._frame(spec, sql, [first, end_ms], columns)
+            sql = f"SELECT b / {step} * {step} AS ts, {k}, {means} FROM ({pieces}) GROUP BY 1, {k} ORDER BY 1, {k}"
+            return self._frame(spec, sql, piece_params, columns)
         means = ", ".join(f"avg({c}) AS {c}" for c in spec.numeric)
         sql = (
-            f"SELECT ts / {step} * {step} AS ts, {k}, {means} FROM {spec.name} "
+            f"SELECT ts / {step} * {step} AS ts, {k}, {means} FROM {t} "
             f"WHERE ts >= ? AND ts < ? GROUP BY 1, {k} ORDER BY 1, {k}"
         )
         return self._frame(spec, sql, [start_ms, end_ms], columns)
@@ -172,7 +183,7 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for _, conn in self._all:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
