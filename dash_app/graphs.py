@@ -9,7 +9,7 @@ from dash.exceptions import PreventUpdate
 
 from dash_app import cards, controls, history
 from dash_app.charts import CHARTS
-from dash_app.figures import line_figure, series_id
+from dash_app.figures import line_figure
 from dash_app.services import Services
 from pipeline.schema import TOPICS
 from pipeline.store import StoreUnavailable

@@ -17,7 +17,7 @@ from dash_app.charts import CHARTS
 from dash_app.services import Services
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
-from tests.conftest import stop_process, wait_for
+from tests.helpers import stop_process, wait_for
 
 BROWSER_POINTS = """
 return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({

@@ -8,14 +8,13 @@ import threading
 import time
 
 import psutil
-import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.schema import MAX_MESSAGE_BYTES, TOPICS
 from pipeline.simulate import device_names, room_names
 from pipeline.store import open_store
 from pipeline.writer import group_id
-from tests.conftest import stop_process, wait_for
+from tests.helpers import stop_process, wait_for
 
 T = TOPICS["temperature"]
 BASE = int(time.time() * 1000) - 3_600_000

@@ -1,0 +1,97 @@
+"""Render a screenshot of the running dashboard to docs/screenshot.png.
+
+    python docs/screenshot.py                 # start a private stack with 10 min of history
+    python docs/screenshot.py --url URL       # or photograph a dashboard that is running
+
+Needs what the tests need: selenium (tests/requirements.txt) and Debian's chromium + chromedriver.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline import config  # noqa: E402
+from pipeline.producer import sensors  # noqa: E402
+from pipeline.schema import TOPICS  # noqa: E402
+from pipeline.store import open_store  # noqa: E402
+from tests.helpers import free_port, stop_process, wait_for  # noqa: E402
+
+
+def backfill(minutes: int) -> None:
+    """Write `minutes` of simulated readings, one a second per sensor, straight into the store."""
+    cfg = config.load()
+    now = int(time.time() * 1000)
+    with open_store(cfg.store_url) as store:
+        store.ensure_tables()
+        for spec in TOPICS.values():
+            readers = sensors(spec, cfg)
+            rows = [spec.model(**read(ms)) for ms in range(now - minutes * 60_000, now, 1000) for _, read in readers]
+            store.write(spec, rows, now)
+
+
+def shoot(url: str, out: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+
+    options = Options()
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1400,1050",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options)
+    try:
+        driver.get(url)
+        wait_for(lambda: driver.find_element("id", "status").text == "live", 30, "the page to go live")
+        time.sleep(5)  # let a few frames arrive
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running dashboard to photograph")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
+    parser.add_argument("--history-minutes", type=int, default=10)
+    args = parser.parse_args()
+    if args.url:
+        shoot(args.url, args.out)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="screenshot-"))
+        os.environ.update(
+            BROKER_PORT=str(free_port()), DASH_PORT=str(free_port()), RUN_DIR=str(tmp), STORE_URL=f"sqlite:///{tmp / 'store.db'}"
+        )
+        os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        backfill(args.history_minutes)
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.run", "all"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{os.environ['DASH_PORT']}/"
+        try:
+            def up():
+                try:
+                    return urllib.request.urlopen(url, timeout=1).status == 200
+                except OSError:
+                    return False
+
+            wait_for(up, 60, "the dashboard to answer", interval=0.5)
+            time.sleep(10)  # some live points on top of the history
+            shoot(url, args.out)
+        finally:
+            stop_process(proc, signal.SIGINT)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Test plumbing: free ports, polling, process control and an isolated product instance."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll until predicate() is truthy; fail with `what` on timeout. Returns the value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@dataclass
+class Stack:
+    """Environment of one isolated product instance: its own broker port, store and run dir."""
+
+    env: dict
+    tmp: Path
+
+    @property
+    def store_url(self) -> str:
+        return self.env["STORE_URL"]
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.env['BROKER_PORT']}"
+
+    def config(self):
+        from unittest import mock
+
+        from pipeline import config
+
+        with mock.patch.dict(os.environ, self.env):
+            return config.load()
+
+    def spawn(self, *args: str, log_name: str | None = None) -> subprocess.Popen:
+        log = open(self.tmp / f"{log_name or '-'.join(args)}.log", "ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    @contextmanager
+    def running(self, *args: str, log_name: str | None = None):
+        proc = self.spawn(*args, log_name=log_name)
+        try:
+            yield proc
+        finally:
+            stop_process(proc)

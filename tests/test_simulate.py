@@ -1,0 +1,35 @@
+"""Dummy data that looks like sensors: a daily cycle, smooth drift, small noise, sane ranges."""
+import statistics
+
+from pipeline.simulate import RoomClimate, SimulatedMachine, room_names
+
+
+def test_room_climate_is_smooth_and_follows_a_daily_cycle():
+    room = RoomClimate("kitchen")
+    day = [room.read(t) for t in range(0, 86_400, 10)]
+    temps = [t for t, _ in day]
+    steps = [abs(b - a) for a, b in zip(temps, temps[1:])]
+    assert statistics.median(steps) < 0.2, "successive readings should differ a little, not jump"
+    assert 1.0 < max(temps) - min(temps) < 12, "a day should swing by a few degrees"
+    assert all(10 < t < 35 for t in temps) and all(0 <= h <= 100 for _, h in day)
+    afternoon = statistics.mean(temps[13 * 360:17 * 360])
+    night = statistics.mean(temps[1 * 360:5 * 360])
+    assert afternoon > night
+
+
+def test_each_room_has_its_own_character_that_survives_a_restart():
+    a, b = RoomClimate("kitchen"), RoomClimate("office")
+    assert a.temp_base != b.temp_base
+    assert RoomClimate("kitchen").temp_base == a.temp_base
+
+
+def test_simulated_machine_stays_in_range():
+    m = SimulatedMachine("server-1")
+    for t in range(0, 86_400, 30):
+        cpu, used, total = m.read(t)
+        assert 0 <= cpu <= 100 and 0 < used <= total
+
+
+def test_room_names_extend_past_the_named_rooms():
+    names = room_names(10)
+    assert len(set(names)) == 10 and names[0] == "kitchen" and names[-1] == "room-10"
