@@ -120,14 +120,21 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> int:
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:
-    """User + system CPU seconds used so far by these processes (0 for those already gone)."""
+    """User + system CPU seconds used so far by these processes and their live children
+    (e.g. the tansu binary under `pipeline.run broker`); 0 for processes already gone."""
     total = 0.0
     for pid in pids:
         try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
+            proc = psutil.Process(pid)
+            family = [proc, *proc.children(recursive=True)]
         except psutil.Error:
-            pass
+            continue
+        for p in family:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
     return total
 
 

@@ -113,3 +113,28 @@ def test_dropped_websocket_reconnects_from_its_cursor_without_a_hole(dashboard):
     time.sleep(3)
     with open_store(services.cfg.store_url) as store:
         assert_browser_equals_store(duo, store)
+
+
+def test_page_survives_a_missing_broker_and_store_and_recovers_by_itself(dash_duo, stack, tmp_path):
+    """Broker down and store unreachable at start: the page loads, says so, and heals."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the store's folder should be")
+    stack.env["STORE_URL"] = f"sqlite:///{blocker / 'store.db'}"
+    services = Services.from_config(stack.config()).start()  # no broker listens on BROKER_PORT yet
+    try:
+        dash_duo.start_server(create_app(services))
+        dash_duo.wait_for_text_to_equal("#status", "broker unreachable", timeout=30)
+        assert not services.health.store_ok
+        assert dash_duo.find_elements(".js-plotly-plot"), "the page should still draw its (empty) charts"
+
+        with stack.running("pipeline.run", "broker"):
+            wait_for(lambda: "listening" in stack.log("pipeline.run-broker"), 20, "the broker")
+            with stack.running("pipeline.run", "producer", "temperature", log_name="producer"):
+                dash_duo.wait_for_text_to_equal("#status", "store unreachable", timeout=40)
+                # Live points still arrive: the charts fill from the stream alone.
+                wait_for(lambda: any(len(x) > 3 for x in browser_series(dash_duo).values()), 30, "live points without a store")
+                blocker.unlink()  # the store's folder can now be created
+                dash_duo.wait_for_text_to_equal("#status", "live", timeout=30)
+                assert services.health.store_ok
+    finally:
+        services.stop()

@@ -1,0 +1,231 @@
+"""Sustained ingest: rows/s from the temperature topic into the store, per backend and writer count.
+
+    python -m bench.ingest                 # 500k messages, 1 and 3 writers, SQLite (+ QuestDB if set)
+    python -m bench.ingest --quick         # 100k messages, for a check in ~1 minute
+    python -m bench.ingest --profile       # also run one writer in-process under cProfile
+
+Method, per (backend, writers): a fresh embedded broker (free port, temp RUN_DIR) and an empty
+store; N valid temperature messages (many rooms, 1 s apart per room, keyed by room) are produced
+to the topic first; then W writers (`python -m pipeline.run consumer temperature`, one consumer
+group) start. The clock starts when the first row is visible in the store (so the ~3 s group
+join is left out) and stops when the store holds all N rows; rows/s = (N - rows already there at
+the start) / elapsed. Writer CPU is the writers' user+system CPU seconds over the same interval
+divided by it (1.0 = one core busy). Progress is tracked through the group's committed offsets
+(cheap); the store is counted only near the end and to confirm.
+
+QuestDB rows run only when QUESTDB_URL (e.g. questdb://127.0.0.1) answers. They write into its
+`temperature` table with room names unique to the run, and count from the rows already there,
+so existing data is left alone (but another writer there would skew the count).
+Targets (one writer): >= 100,000 rows/s into SQLite, >= 200,000 rows/s into QuestDB.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+import uuid
+
+from bench.common import Offsets, Stack, cpu_seconds, print_table, questdb, stop, write_result
+
+TOPIC = "temperature"
+GROUP = f"store-writer.{TOPIC}"
+TARGETS = {"sqlite": 100_000, "questdb": 200_000}  # rows/s with one writer
+
+
+def produce(bootstrap: str, n: int, rooms: int, prefix: str) -> dict:
+    """Put n valid temperature readings on the topic: `rooms` rooms, 1 s apart, newest a minute ago."""
+    from confluent_kafka import Producer
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576,
+        "enable.idempotence": False, "acks": "all", "log_level": 3,
+    })
+    per_room = -(-n // rooms)
+    base = int(time.time() * 1000) - per_room * 1000 - 60_000
+    names = [f"{prefix}{r:04d}" for r in range(rooms)]
+    keys = [name.encode() for name in names]
+    started, sent = time.monotonic(), 0
+    for i in range(per_room):
+        ts = base + i * 1000
+        for r in range(rooms):
+            if sent == n:
+                break
+            value = f'{{"ts":{ts},"room":"{names[r]}","value":{18 + r % 7 + (i % 500) / 100:.2f},"unit":"°C"}}'.encode()
+            while True:
+                try:
+                    producer.produce(TOPIC, key=keys[r], value=value)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            sent += 1
+        producer.poll(0)
+    left = producer.flush(60)
+    if left:
+        raise RuntimeError(f"{left} messages were not delivered to the broker")
+    elapsed = time.monotonic() - started
+    return {"messages": sent, "seconds": round(elapsed, 2), "msgs_per_s": round(sent / elapsed)}
+
+
+def measure(backend: str, store_url: str | None, writers: int, n: int, rooms: int, args) -> dict:
+    from pipeline.schema import TOPICS
+    from pipeline.store import open_store
+
+    env = {"WRITER_BATCH_SIZE": str(args.batch_size), "WRITER_FLUSH_MS": str(args.flush_ms)}
+    with Stack(store_url=store_url, keep=args.keep, **env) as stack, stack.broker(partitions=args.partitions) as broker:
+        store = open_store(stack.store_url)
+        try:
+            store.ensure_tables()
+            spec = TOPICS[TOPIC]
+            before = store.count(spec)
+            prefix = f"b{uuid.uuid4().hex[:6]}-" if backend == "questdb" else "room-"
+            produced = produce(stack.bootstrap, n, rooms, prefix)
+            offsets = Offsets(stack.bootstrap, TOPIC, GROUP)
+            high = offsets.high()
+            spawned = time.monotonic()
+            procs = [stack.spawn("pipeline.run", "consumer", TOPIC, log_name=f"writer-{i}") for i in range(writers)]
+            pids = [p.pid for p in procs]
+
+            def check_alive():
+                for i, p in enumerate(procs):
+                    if p.poll() is not None:
+                        raise RuntimeError(f"writer {i} exited with {p.returncode}:\n{stack.log(f'writer-{i}')[-2000:]}")
+
+            # Clock starts at the first visible row.
+            deadline = spawned + args.timeout
+            while (have := store.count(spec) - before) == 0:
+                check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no row reached the store in time")
+                time.sleep(0.005)
+            t0, n0 = time.monotonic(), have
+            cpu0, broker_cpu0 = cpu_seconds(pids), cpu_seconds([broker.pid])
+            bench_cpu0 = time.process_time()
+            counts = 0
+            last_count = time.monotonic()
+            while True:
+                committed = offsets.committed()
+                now = time.monotonic()
+                if committed >= high or now - last_count > 1.0:
+                    have, last_count, counts = store.count(spec) - before, now, counts + 1
+                    if have >= n:
+                        break
+                check_alive()
+                if now > deadline:
+                    raise RuntimeError(f"only {have} of {n} rows stored after {args.timeout}s")
+                time.sleep(0.01 if committed >= high else 0.05)
+            t1 = time.monotonic()
+            cpu = cpu_seconds(pids) - cpu0
+            broker_cpu = cpu_seconds([broker.pid]) - broker_cpu0
+            bench_cpu = time.process_time() - bench_cpu0
+            elapsed = t1 - t0
+            for p in procs:
+                stop(p)
+            final = store.count(spec) - before
+        finally:
+            store.close()
+        rate = (n - n0) / elapsed
+        return {
+            "backend": backend, "writers": writers, "rows": n, "rows_stored": final,
+            "rows_per_s": round(rate), "rows_per_s_n_over_t": round(n / elapsed),
+            "seconds": round(elapsed, 3), "rows_at_clock_start": n0,
+            "first_row_after_s": round(t0 - spawned, 2),
+            "writer_cpu_cores": round(cpu / elapsed, 2), "writer_cpu_s_per_100k_rows": round(cpu / (n - n0) * 100_000, 3),
+            "broker_cpu_cores": round(broker_cpu / elapsed, 2), "bench_poller_cpu_cores": round(bench_cpu / elapsed, 3),
+            "store_counts": counts, "produce": produced, "high_watermark_sum": high,
+        }
+
+
+def profile(store_url: str | None, n: int, rooms: int, args) -> None:
+    """One StoreWriter in this process under cProfile, fed the same way; prints where time goes."""
+    import cProfile
+    import pstats
+
+    from pipeline import writer as writer_mod
+    from pipeline.schema import TOPICS
+    from pipeline.store import open_store
+
+    spec = TOPICS[TOPIC]
+    env = {"WRITER_BATCH_SIZE": str(args.batch_size), "WRITER_FLUSH_MS": str(args.flush_ms)}
+    with Stack(store_url=store_url, keep=args.keep, **env) as stack, stack.broker(partitions=args.partitions):
+        produce(stack.bootstrap, n, rooms, "room-")
+        cfg = stack.config()
+        store = open_store(cfg.store_url)
+        store.ensure_tables()
+        watcher_store = open_store(cfg.store_url)
+        stop_event = threading.Event()
+        done = {}
+
+        def watch():
+            while not stop_event.is_set():
+                if watcher_store.count(spec) >= n:
+                    done["t"] = time.monotonic()
+                    stop_event.set()
+                time.sleep(0.05)
+
+        threading.Thread(target=watch, daemon=True).start()
+        w = writer_mod.StoreWriter(cfg, spec, store, stop_event)
+        prof = cProfile.Profile()
+        started = time.monotonic()
+        prof.enable()
+        w.run()
+        prof.disable()
+        elapsed = done.get("t", time.monotonic()) - started
+        store.close()
+        watcher_store.close()
+        print(f"\nin-process writer under cProfile: {n} rows in {elapsed:.1f}s incl. group join ({n / elapsed:,.0f} rows/s, slowed by the profiler)")
+        stats = pstats.Stats(prof)
+        stats.sort_stats("tottime").print_stats(20)
+        stats.sort_stats("cumulative").print_stats(25)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="100k messages (unless --messages is given)")
+    p.add_argument("--messages", type=int, help="messages pre-produced per run (default 500,000; 100,000 with --quick)")
+    p.add_argument("--rooms", type=int, default=200, help="distinct rooms (message keys), default 200")
+    p.add_argument("--writers", default="1,3", help="writer counts to run, comma-separated (default 1,3)")
+    p.add_argument("--backends", default="sqlite,questdb", help="default sqlite,questdb (QuestDB only if QUESTDB_URL answers)")
+    p.add_argument("--partitions", type=int, default=3, help="partitions of the topic (default 3)")
+    p.add_argument("--batch-size", type=int, default=int(os.environ.get("WRITER_BATCH_SIZE") or 5000), help="WRITER_BATCH_SIZE for the writers (default 5000)")
+    p.add_argument("--flush-ms", type=int, default=int(os.environ.get("WRITER_FLUSH_MS") or 250), help="WRITER_FLUSH_MS for the writers (default 250)")
+    p.add_argument("--timeout", type=float, default=600, help="give up on a run after this many seconds")
+    p.add_argument("--profile", action="store_true", help="also profile one in-process writer (SQLite) with cProfile")
+    p.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, store) for inspection")
+    args = p.parse_args()
+    n = args.messages or (100_000 if args.quick else 500_000)
+    writer_counts = [int(w) for w in args.writers.split(",")]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    qdb_url, qdb_reason = questdb() if "questdb" in backends else (None, "not requested")
+
+    results, rows = [], []
+    for backend in backends:
+        for writers in writer_counts:
+            if backend == "questdb" and not qdb_url:
+                results.append({"backend": backend, "writers": writers, "skipped": qdb_reason})
+                rows.append([backend, writers, "-", None, None, None, None, None, f"skipped: {qdb_reason}"])
+                continue
+            print(f"running {backend} with {writers} writer(s), {n:,} messages ...", flush=True)
+            r = measure(backend, qdb_url if backend == "questdb" else None, writers, n, args.rooms, args)
+            target = TARGETS[backend] if writers == 1 else None
+            r["target_rows_per_s"] = target
+            r["target_met"] = None if target is None else r["rows_per_s"] >= target
+            results.append(r)
+            verdict = "" if target is None else ("met" if r["target_met"] else "MISSED")
+            rows.append([backend, writers, f"{r['rows_per_s']:,}", r["seconds"], r["writer_cpu_cores"], r["broker_cpu_cores"],
+                         r["first_row_after_s"], f"{r['produce']['msgs_per_s']:,}", f"{verdict} (>= {target:,})" if target else ""])
+    print_table(
+        ["backend", "writers", "rows/s", "seconds", "writer CPU", "broker CPU", "join s", "produce msg/s", "target (1 writer)"],
+        rows, title=f"Ingest of {n:,} temperature messages ({args.rooms} rooms, {args.partitions} partitions, batch {args.batch_size}, flush {args.flush_ms} ms)",
+    )
+    print("rows/s counted from the first stored row to the last; CPU in cores (1.0 = one core busy) over that interval")
+    params = {"messages": n, "rooms": args.rooms, "partitions": args.partitions, "writer_batch_size": args.batch_size,
+              "writer_flush_ms": args.flush_ms, "writers": writer_counts, "backends": backends}
+    write_result("ingest", {"runs": results, "targets_rows_per_s_one_writer": TARGETS}, params)
+    if args.profile:
+        profile(None, n, args.rooms, args)
+
+
+if __name__ == "__main__":
+    main()
