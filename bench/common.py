@@ -22,10 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Self
 
 import psutil
 
@@ -52,8 +53,8 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "pipeline", "dash_app"], cwd=ROOT, capture_output=True, text=True, timeout=5).stdout.strip())
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "pipeline", "dash_app"], cwd=ROOT, capture_output=True, text=True, timeout=5, check=False).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
     return {
@@ -63,7 +64,7 @@ def machine() -> dict:
         "cpu_model": model,
         "python": platform.python_version(),
         "os": platform.platform(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git_commit": commit + ("+dirty" if dirty else ""),
         "packages": versions,
     }
@@ -215,12 +216,14 @@ class Stack:
         """Stop everything still running (by PID) and remove the temp dir unless `keep`."""
         for proc in reversed(self.procs):
             stop(proc)
-        if not self.keep:
+        if self.keep:
+            print(f"kept {self.tmp} (logs, store)")
+        else:
             import shutil
 
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Config
@@ -48,6 +49,17 @@ def _is_tansu(pid: int) -> bool:
         return b"tansu" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def _owner(pid: int) -> psutil.Process | None:
+    """The live pipeline process that started this broker, or None if it is an orphan."""
+    try:
+        parent = psutil.Process(pid).parent()
+        if parent is not None and parent.pid != 1 and "pipeline" in " ".join(parent.cmdline()):
+            return parent
+    except psutil.Error:
+        pass
+    return None
 
 
 class EmbeddedBroker:
@@ -100,6 +112,12 @@ class EmbeddedBroker:
         except (OSError, ValueError):
             return
         if _is_tansu(pid):
+            owner = _owner(pid)
+            if owner is not None:
+                raise BrokerError(
+                    f"an embedded broker (pid {pid}) already runs for {self.pidfile.parent}, started by pid {owner.pid}; "
+                    f"stop that first, or give this one its own RUN_DIR and BROKER_PORT"
+                )
             log.warning("stopping broker pid %d left over from an earlier run", pid)
             _terminate(pid)
         self.pidfile.unlink(missing_ok=True)

@@ -21,8 +21,8 @@ def _common(cfg: Config, client_id: str, on_error=None) -> dict:
     return {
         "bootstrap.servers": cfg.bootstrap_servers,
         "client.id": client_id,
-        # librdkafka logs every failed reconnect; our daemons report broker state themselves.
-        "log_level": 3,
+        # librdkafka logs every failed reconnect; error_cb reports them once, readably, instead.
+        "log_level": 2,
         "error_cb": on_error or _log_error,
     }
 
@@ -56,12 +56,15 @@ def consumer(cfg: Config, group_id: str, client_id: str, *, offset_reset: str, o
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000,
             "fetch.wait.max.ms": 50,
+            # librdkafka stops fetching for fetch.queue.backoff.ms (default 1000) each time its
+            # prefetch queue is full: a writer catching up on a backlog idled up to 1 s at a time.
+            "fetch.queue.backoff.ms": 20,
         }
     )
 
 
 def admin(cfg: Config) -> AdminClient:
-    return AdminClient({"bootstrap.servers": cfg.bootstrap_servers, "log_level": 3, "error_cb": _log_error})
+    return AdminClient({"bootstrap.servers": cfg.bootstrap_servers, "log_level": 2, "error_cb": _log_error})
 
 
 def unique_group(prefix: str) -> str:

@@ -6,7 +6,10 @@ import logging
 import os
 import sys
 
+from confluent_kafka import KafkaException
+
 from pipeline import config
+from pipeline.broker import BrokerError, EmbeddedBroker
 from pipeline.daemon import setup_logging, stop_event
 from pipeline.schema import TOPICS
 
@@ -47,6 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.load()
     setup_logging(cfg)
     stop = stop_event(" ".join([args.command, getattr(args, "topic", "")]).strip())
+    try:
+        return dispatch(args, cfg, stop)
+    except BrokerError as exc:
+        logging.getLogger(args.command).error("%s", exc)
+        return 1
+    except KafkaException as exc:
+        logging.getLogger(args.command).error("Kafka at %s: %s", cfg.bootstrap_servers, exc.args[0].str())
+        return 1
+
+
+def dispatch(args: argparse.Namespace, cfg: config.Config, stop) -> int:
     if args.command == "all":
         from pipeline import supervisor
 
@@ -69,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             writer.run(cfg, TOPICS[args.topic], store, stop)
         return 0
     if args.command == "broker":
-        from pipeline.broker import EmbeddedBroker
-
         broker = EmbeddedBroker(cfg)
         broker.start()
         print(f"broker listening on {broker.address}; Ctrl-C stops it", flush=True)

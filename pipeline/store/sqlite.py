@@ -153,6 +153,19 @@ class SQLiteStore(Store):
             f"UNION ALL SELECT ts, {k}, 1, {fields} FROM {t} WHERE ts >= ? AND ts < ?"
         )
         piece_params = [lo, hi, start_ms, head_end, tail_start, end_ms]
+        raw_sql = f"SELECT ts, {k}, {fields} FROM {t} WHERE ts >= ? AND ts < ? ORDER BY ts, {k}"
+        if step >= ROLLUP_MS:
+            # Long ranges: aggregate first and count in the same scan; only a series short enough
+            # to draw raw (rare over a long range) costs a second query.
+            step = math.ceil(step / ROLLUP_MS) * ROLLUP_MS  # an edge row falls in its rollup bucket's step
+            means = ", ".join(f"sum({c}) / sum(n) AS {c}" for c in spec.numeric)
+            sql = f"SELECT b / {step} * {step} AS ts, {k}, {means}, sum(n) AS n FROM ({pieces}) GROUP BY 1, {k} ORDER BY 1, {k}"
+            frame = self._frame(spec, sql, piece_params, (*columns, "n"))
+            if frame.empty:
+                return empty_frame(spec, columns)
+            if frame.groupby(k)["n"].sum().max() <= max_points:
+                return self._frame(spec, raw_sql, [start_ms, end_ms], columns)
+            return frame.drop(columns="n")
         counts = self._run(
             lambda c: c.execute(
                 f"SELECT max(total) FROM (SELECT sum(n) AS total FROM ({pieces}) GROUP BY {k})", piece_params
@@ -161,13 +174,7 @@ class SQLiteStore(Store):
         if not counts:
             return empty_frame(spec, columns)
         if counts <= max_points:
-            sql = f"SELECT ts, {k}, {fields} FROM {t} WHERE ts >= ? AND ts < ? ORDER BY ts, {k}"
-            return self._frame(spec, sql, [start_ms, end_ms], columns)
-        if step >= ROLLUP_MS:
-            step = math.ceil(step / ROLLUP_MS) * ROLLUP_MS  # an edge row falls in its rollup bucket's step
-            means = ", ".join(f"sum({c}) / sum(n) AS {c}" for c in spec.numeric)
-            sql = f"SELECT b / {step} * {step} AS ts, {k}, {means} FROM ({pieces}) GROUP BY 1, {k} ORDER BY 1, {k}"
-            return self._frame(spec, sql, piece_params, columns)
+            return self._frame(spec, raw_sql, [start_ms, end_ms], columns)
         means = ", ".join(f"avg({c}) AS {c}" for c in spec.numeric)
         sql = (
             f"SELECT ts / {step} * {step} AS ts, {k}, {means} FROM {t} "
