@@ -5,12 +5,18 @@
  * only its newest `message` to callbacks, so frames that arrive while the page is busy would be
  * lost (emilhe/dash-extensions#214). We therefore queue every frame of the live socket here and
  * use the `message` prop only as a doorbell: `drain` takes the whole queue each time.
+ *
+ * Drawing is the expensive part: every extendData redraws the whole SVG chart. So `drain` never
+ * redraws sooner than twice the time the previous redraw took (measured), and a short interval
+ * picks up frames it left queued. A point arriving at a quiet moment is drawn at once; under load
+ * the browser spends at most about half its time drawing, and frames simply share a redraw.
  */
 (function () {
   "use strict";
   const state = {
     frames: [], socket: null, cursor: null, loaded: null, live: false, traces: {}, lastTs: {},
     latest: {}, health: {}, gap: false, attempts: 0, lastAttempt: 0, lastReload: 0,
+    lastDraw: 0, drawMs: 0,
   };
   window.dashLive = state; // tests and curious analysts can look inside
 
@@ -45,6 +51,24 @@
   }
 
   const noUpdate = () => window.dash_clientside.no_update;
+  const MIN_GAP_MS = 40;
+  const MAX_GAP_MS = 1000;
+
+  /* Time each extendTraces (dcc.Graph's extendData) until its redraw is done. */
+  function timeDraws() {
+    const Plotly = window.Plotly;
+    if (!Plotly || Plotly.extendTraces.timed) return;
+    const original = Plotly.extendTraces;
+    const timed = function () {
+      const start = performance.now();
+      const done = () => { state.drawMs = 0.7 * state.drawMs + 0.3 * (performance.now() - start); };
+      const result = original.apply(this, arguments);
+      if (result && result.then) result.then(done, done); else done();
+      return result;
+    };
+    timed.timed = true;
+    Plotly.extendTraces = timed;
+  }
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     live: {
@@ -52,8 +76,9 @@
        * it from our own cursor when it closed or a frame went missing. */
       connect: function (cursor, _tick, wsState) {
         if (!cursor) return noUpdate();
-        if (cursor.cursor !== state.loaded) {
-          state.loaded = state.cursor = cursor.cursor;
+        if (cursor.load !== state.loaded) {
+          state.loaded = cursor.load;
+          state.cursor = cursor.cursor;
           state.live = cursor.live;
           state.traces = cursor.traces;
           state.lastTs = cursor.lastTs;
@@ -70,12 +95,16 @@
       },
 
       /* Apply every queued frame in order; append chart points with extendData. */
-      drain: function (_message, cursor, config) {
+      drain: function (_message, _tick, cursor, config) {
         const ctx = window.dash_clientside.callback_context;
         const chartIds = ctx.outputs_list[0].map((o) => o.id.id);
+        const idle = [chartIds.map(noUpdate), noUpdate(), noUpdate()];
+        const gap = Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, 2 * state.drawMs));
+        if (!state.frames.length || performance.now() - state.lastDraw < gap) return idle;
+        timeDraws();
         const adds = {};
         let reload = false;
-        let latestChanged = false;
+        const health = JSON.stringify(state.health);
         for (const raw of state.frames.splice(0)) {
           const frame = JSON.parse(raw);
           if (frame.reset) { reload = true; continue; }
@@ -95,7 +124,6 @@
                 const item = { ts: row[0], topic: topic, key: row[1] };
                 columns.forEach((c, i) => { if (i > 1) item[c] = row[i]; });
                 state.latest[id] = item;
-                latestChanged = true;
                 if (!prev) reload = true; // a new sensor: its card and traces come with history
               }
             }
@@ -127,12 +155,14 @@
           const indices = Object.keys(add).map(Number);
           return [{ x: indices.map((i) => add[i].x), y: indices.map((i) => add[i].y) }, indices, config.maxPoints];
         });
+        if (Object.keys(adds).length) state.lastDraw = performance.now();
         let reloadOut = noUpdate();
         if (reload && Date.now() - state.lastReload > 2000) {
           state.lastReload = Date.now();
           reloadOut = state.lastReload;
         }
-        return [extend, reloadOut, latestChanged ? Object.assign({}, state.latest) : noUpdate(), Object.assign({}, state.health)];
+        const healthOut = JSON.stringify(state.health) === health ? noUpdate() : Object.assign({}, state.health);
+        return [extend, reloadOut, healthOut];
       },
 
       cards: function (latest, _tick, config) {

@@ -51,8 +51,15 @@ def browser():
 
 
 def wait(predicate, timeout: float, what: str) -> None:
+    """Poll until predicate() holds; an exception (e.g. the page not rendered yet) counts as no."""
+    def holds() -> bool:
+        try:
+            return bool(predicate())
+        except Exception:  # noqa: BLE001
+            return False
+
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not holds():
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.1)

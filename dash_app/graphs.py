@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from dash import ALL, MATCH, ClientsideFunction, Input, Output, State, dcc, html, no_update
+from dash import ALL, MATCH, ClientsideFunction, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from dash_app import cards, controls, history
@@ -20,7 +20,9 @@ CHART_IDS = {c.id: c for c in CHARTS}
 def layout() -> html.Div:
     return html.Div(
         className="charts",
-        children=[dcc.Graph(id={"type": "chart", "id": c.id}, className="chart", config={"displaylogo": False}) for c in CHARTS],
+        children=[dcc.Graph(id={"type": "chart", "id": c.id}, className="chart", config={"displaylogo": False}) for c in CHARTS]
+        # Picks up frames that arrived while the browser was still drawing (see assets/live.js).
+        + [dcc.Interval(id="drain-tick", interval=100)],
     )
 
 
@@ -42,6 +44,13 @@ def _traces(figures: dict) -> tuple[dict, dict]:
         index[chart_id] = {t.meta: i for i, t in enumerate(fig.data)}
         last[chart_id] = {t.meta: int(t.x[-1]) if len(t.x) else 0 for t in fig.data}
     return index, last
+
+
+def _axis_ms(x) -> int:
+    """A date-axis position from relayoutData ("2026-11-25 10:00:00.5", in UTC, or epoch ms)."""
+    if isinstance(x, (int, float)):
+        return int(x)
+    return int(pd.Timestamp(x, tz="UTC").value // 1_000_000)
 
 
 def register(app, services: Services) -> None:
@@ -66,7 +75,8 @@ def register(app, services: Services) -> None:
         figures = {c.id: line_figure(c, snap.frames[c.topic], note) for c in CHARTS}
         index, last = _traces(figures)
         latest = history.latest(services.store, snap.ring_frames)
-        cursor = {"cursor": snap.cursor, "live": live, "traces": index, "lastTs": last, "error": snap.error}
+        # `load` tells the page this is a new history even when the stream has not moved since.
+        cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "traces": index, "lastTs": last, "error": snap.error}
         return [figures[c.id] for c in CHARTS], cursor, latest, cards.render(latest), services.health.as_dict()
 
     @app.callback(
@@ -90,10 +100,10 @@ def register(app, services: Services) -> None:
         else:
             raise PreventUpdate
         if span:
-            start, end = (int(pd.Timestamp(x, tz="UTC").value // 1_000_000) for x in span)
+            start, end = (_axis_ms(x) for x in span)
         else:
             start, end = controls.window(choice, start_date, end_date, int(time.time() * 1000), cfg.live_window_s)
-        chart = CHART_IDS[app.callback_context.outputs_list["id"]["id"]]
+        chart = CHART_IDS[ctx.outputs_list["id"]["id"]]
         try:
             frame = history.topic_range(services.store, TOPICS[chart.topic], start, end, cfg.live_max_points)
         except StoreUnavailable:
@@ -106,13 +116,13 @@ def register(app, services: Services) -> None:
         Input("cursor", "data"), Input("tick", "n_intervals"),
         State("ws", "state"),
     )
+    # Points reach the charts here, in the browser. Cards read the same state on the 1 s tick.
     app.clientside_callback(
         ClientsideFunction("live", "drain"),
         Output({"type": "chart", "id": ALL}, "extendData"),
         Output("reload", "data"),
-        Output("latest", "data", allow_duplicate=True),
         Output("health", "data", allow_duplicate=True),
-        Input("ws", "message"),
+        Input("ws", "message"), Input("drain-tick", "n_intervals"),
         State("cursor", "data"), State("live-config", "data"),
         prevent_initial_call=True,
     )

@@ -122,6 +122,12 @@ class EmbeddedBroker:
             _terminate(pid)
         self.pidfile.unlink(missing_ok=True)
 
+    def rss_mb(self) -> float:
+        try:
+            return psutil.Process(self.proc.pid).memory_info().rss / 2**20 if self.proc else 0.0
+        except psutil.Error:
+            return 0.0
+
     def returncode(self) -> int | None:
         """None while the broker runs, its exit code once it has stopped."""
         return self.proc.poll() if self.proc else 0

@@ -26,6 +26,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("KAFKA_BOOTSTRAP_SERVERS", "", "Kafka brokers to use. Empty: the embedded broker on 127.0.0.1:BROKER_PORT (started by `run all` / `run broker`)."),
     Setting("BROKER_PORT", "19092", "Port of the embedded broker."),
+    Setting("BROKER_MAX_MB", "1024", "Memory of the embedded broker (it keeps every message) above which `run all` drains the writers and starts it afresh."),
     Setting("STORE_URL", "sqlite:///data/dashboard.db", "Where readings are stored: `sqlite:///PATH` or `questdb://HOST` (ILP/HTTP on 9000, PG wire on 8812)."),
     Setting("ROOMS", "4", "Number of simulated rooms (temperature and humidity sensors)."),
     Setting("DEVICES", "3", "Number of devices reporting system usage; the first is this machine, the others are simulated."),
@@ -48,6 +49,7 @@ SETTINGS: tuple[Setting, ...] = (
 class Config:
     kafka_bootstrap_servers: str
     broker_port: int
+    broker_max_mb: int
     store_url: str
     rooms: int
     devices: int

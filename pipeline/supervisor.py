@@ -26,6 +26,8 @@ from pipeline.schema import TOPICS
 log = logging.getLogger("supervisor")
 STOP_GRACE_S = 8.0
 STABLE_S = 60.0  # a child that ran this long gets its restart back-off reset
+MEMORY_CHECK_S = 30.0
+DRAIN_S = 20.0  # longest a broker recycle waits for the writers to store what was produced
 
 
 @dataclass
@@ -102,9 +104,14 @@ def run(cfg: Config, stop: threading.Event, with_dashboard: bool = True) -> int:
             return 0
         for k in kids:
             k.start()
+        next_memory_check = time.monotonic() + MEMORY_CHECK_S
         while not stop.wait(0.5):
             if broker and broker.returncode() is not None:
                 _restart_broker(cfg, broker, kids, stop)
+            if broker and time.monotonic() > next_memory_check:
+                next_memory_check = time.monotonic() + MEMORY_CHECK_S
+                if broker.rss_mb() > cfg.broker_max_mb:
+                    _recycle_broker(cfg, broker, kids, stop)
             _restart_crashed(kids)
         return 0
     finally:
@@ -140,6 +147,48 @@ def _restart_broker(cfg: Config, broker: EmbeddedBroker, kids: list[Child], stop
     producers = [k for k in kids if k.kind == "producer"]
     stop_children(producers)
     broker.start()
+    _resume_producers(cfg, producers, stop)
+
+
+def _recycle_broker(cfg: Config, broker: EmbeddedBroker, kids: list[Child], stop: threading.Event) -> None:
+    # Tansu never frees a message (no retention), so a long run grows without bound. The store
+    # holds the history; the broker only needs what the writers have not stored yet. So: stop
+    # the producers, let the writers drain, and start an empty broker.
+    log.warning("embedded broker uses %.0f MB (BROKER_MAX_MB=%d): recycling it", broker.rss_mb(), cfg.broker_max_mb)
+    producers = [k for k in kids if k.kind == "producer"]
+    stop_children(producers)
+    if not _writers_drained(cfg, time.monotonic() + DRAIN_S):
+        log.warning("writers did not store everything within %.0fs; uncommitted readings go with the old broker", DRAIN_S)
+    broker.stop()
+    broker.start()
+    _resume_producers(cfg, producers, stop)
+
+
+def _resume_producers(cfg: Config, producers: list[Child], stop: threading.Event) -> None:
     if _create_topics(cfg, stop):
         for k in producers:
             k.start()
+
+
+def _writers_drained(cfg: Config, deadline: float) -> bool:
+    """True once every writer group has committed up to the end of its topic."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from pipeline.writer import group_id
+
+    pending = dict(TOPICS)
+    while pending and time.monotonic() < deadline:
+        for name, spec in list(pending.items()):
+            probe = Consumer({"bootstrap.servers": cfg.bootstrap_servers, "group.id": group_id(spec), "log_level": 2})
+            try:
+                parts = [TopicPartition(name, p) for p in probe.list_topics(name, timeout=5).topics[name].partitions]
+                ends = sum(probe.get_watermark_offsets(tp, timeout=5)[1] for tp in parts)
+                done = sum(max(0, tp.offset) for tp in probe.committed(parts, timeout=5))
+                if done >= ends:
+                    del pending[name]
+            except KafkaException:
+                pass
+            finally:
+                probe.close()
+        time.sleep(0.2)
+    return not pending

@@ -138,3 +138,30 @@ def test_page_survives_a_missing_broker_and_store_and_recovers_by_itself(dash_du
                 assert services.health.store_ok
     finally:
         services.stop()
+
+
+def test_a_longer_range_comes_from_the_store_and_zooming_requeries_it(dashboard):
+    duo, services = dashboard
+    duo.wait_for_text_to_equal("#status", "live", timeout=30)
+    wait_for(lambda: len(browser_series(duo)) >= len(CHARTS), 20, "history in every chart")
+    duo.find_element("#range input[value='1h']").click()
+    wait_for(lambda: duo.driver.execute_script("return window.dashLive.live") is False, 10, "the 1 h history")
+    time.sleep(1)
+    before = browser_series(duo)
+    time.sleep(3)
+    assert browser_series(duo) == before, "outside live mode the charts are not streamed into"
+    with open_store(services.cfg.store_url) as store:
+        rows = store.since(TOPICS["temperature"], 0)
+    kitchen = before[("temperature", "kitchen|value")]
+    stored = rows[rows.room == "kitchen"].ts.astype("int64").tolist()
+    assert kitchen == [x for x in stored if x <= kitchen[-1]]  # raw rows: they fit in 2,000 points
+
+    # Zoom into the middle third of the temperature chart: the server re-reads just that span.
+    lo, hi = kitchen[len(kitchen) // 3], kitchen[2 * len(kitchen) // 3]
+    duo.driver.execute_script(
+        """const gd = document.getElementById(arguments[0]).querySelector('.js-plotly-plot');
+           Plotly.relayout(gd, {'xaxis.range': [new Date(arguments[1]).toISOString().replace('T', ' ').replace('Z', ''),
+                                                new Date(arguments[2]).toISOString().replace('T', ' ').replace('Z', '')]});""",
+        json.dumps({"id": "temperature", "type": "chart"}, separators=(",", ":")), lo, hi,
+    )
+    wait_for(lambda: browser_series(duo)[("temperature", "kitchen|value")] == [x for x in kitchen if lo <= x < hi], 10, "the zoomed re-query")
