@@ -7,9 +7,9 @@
  * use the `message` prop only as a doorbell: `drain` takes the whole queue each time.
  *
  * Drawing is the expensive part: every extendData redraws the whole SVG chart. So `drain` never
- * redraws sooner than twice the time the previous redraw took (measured), and a short interval
+ * redraws sooner than 1.5 times the time recent redraws took (measured), and a short interval
  * picks up frames it left queued. A point arriving at a quiet moment is drawn at once; under load
- * the browser spends at most about half its time drawing, and frames simply share a redraw.
+ * the browser spends at most about two thirds of its time drawing, and frames share a redraw.
  */
 (function () {
   "use strict";
@@ -99,7 +99,7 @@
         const ctx = window.dash_clientside.callback_context;
         const chartIds = ctx.outputs_list[0].map((o) => o.id.id);
         const idle = [chartIds.map(noUpdate), noUpdate(), noUpdate()];
-        const gap = Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, 2 * state.drawMs));
+        const gap = Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, 1.5 * state.drawMs));
         if (!state.frames.length || performance.now() - state.lastDraw < gap) return idle;
         timeDraws();
         const adds = {};

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
-from dash import Dash, Input, Output, State, dcc, html
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dash_app import history
 from dash_app.charts import CHARTS
@@ -47,8 +47,8 @@ def create_app(services: Services) -> Dash:
     @app.callback(Output({"type": "chart", "id": CHART.id}, "extendData"), Output("cursor", "data", allow_duplicate=True),
                   Input("poll", "n_intervals"), State("cursor", "data"), prevent_initial_call=True)
     def poll(_, cursor):
-        if not cursor:
-            return None, cursor
+        if not cursor:  # history not loaded yet; never overwrite the cursor it is about to set
+            return no_update, no_update
         rows, head = services.ring.since(cursor["seq"])
         add: dict[int, tuple[list, list]] = {}
         for ts, key, *values in rows.get(spec.name, []):

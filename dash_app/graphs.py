@@ -22,7 +22,7 @@ def layout() -> html.Div:
         className="charts",
         children=[dcc.Graph(id={"type": "chart", "id": c.id}, className="chart", config={"displaylogo": False}) for c in CHARTS]
         # Picks up frames that arrived while the browser was still drawing (see assets/live.js).
-        + [dcc.Interval(id="drain-tick", interval=100)],
+        + [dcc.Interval(id="drain-tick", interval=50)],
     )
 
 
