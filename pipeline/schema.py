@@ -21,24 +21,24 @@ SensorName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-
 EpochMs = Annotated[int, Field(ge=MIN_TS_MS)]
 
 
-class _Reading(BaseModel):
+class Reading(BaseModel):
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid", frozen=True)
     ts: EpochMs
 
 
-class Temperature(_Reading):
+class Temperature(Reading):
     room: SensorName
     value: Annotated[float, Field(ge=-60, le=100)]
     unit: Literal["°C"]
 
 
-class Humidity(_Reading):
+class Humidity(Reading):
     room: SensorName
     value: Annotated[float, Field(ge=0, le=100)]
     unit: Literal["%"]
 
 
-class SystemUsage(_Reading):
+class SystemUsage(Reading):
     device: SensorName
     cpu_percent: Annotated[float, Field(ge=0, le=100)]
     memory_used: Annotated[int, Field(ge=0)]
@@ -54,7 +54,7 @@ class SystemUsage(_Reading):
 @dataclass(frozen=True)
 class Topic:
     name: str
-    model: type[_Reading]
+    model: type[Reading]
     key: str  # the field that is also the Kafka message key and the dedup key beside ts
     numeric: tuple[str, ...]  # fields a chart can draw; downsampling averages these
     text: tuple[str, ...] = ()  # other stored fields
@@ -90,7 +90,7 @@ class InvalidMessage(ValueError):
     """A message that cannot be stored; str() is the reason sent to the dead-letter topic."""
 
 
-def validate(spec: Topic, value: bytes | None, key: bytes | None, now_ms: int) -> _Reading:
+def validate(spec: Topic, value: bytes | None, key: bytes | None, now_ms: int) -> Reading:
     """Parse and check one message, or raise InvalidMessage saying why."""
     if value is None:
         raise InvalidMessage("empty message (no value)")

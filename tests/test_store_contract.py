@@ -385,5 +385,4 @@ def test_unknown_rooms_do_not_appear(store):
 
 def test_empty_write_is_a_no_op(store):
     store.write(TEMP, [], RECEIVED)
-    store.flush()
     assert store.count(TEMP) == 0

@@ -13,7 +13,7 @@ from typing import Sequence, Union
 
 import pandas as pd
 
-from pipeline.schema import Topic, _Reading
+from pipeline.schema import Topic, Reading
 
 TimeLike = Union[int, float, datetime, pd.Timestamp]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -58,7 +58,7 @@ class Store(ABC):
         """Create the tables that do not exist yet."""
 
     @abstractmethod
-    def write(self, spec: Topic, readings: Sequence[_Reading], received_at_ms: int) -> None:
+    def write(self, spec: Topic, readings: Sequence[Reading], received_at_ms: int) -> None:
         """Store readings durably before returning; a (ts, key) already stored is overwritten."""
 
     @abstractmethod
@@ -84,9 +84,6 @@ class Store(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable when the database cannot answer."""
-
-    def flush(self) -> None:
-        """Make buffered writes durable (a no-op where write() already is)."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -23,7 +23,7 @@ import pandas as pd
 import psycopg
 from questdb import QuestDBError, Sender
 
-from pipeline.schema import TOPICS, Topic, _Reading
+from pipeline.schema import TOPICS, Topic, Reading
 from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, to_ms
 
 _EPOCH = datetime(1970, 1, 1)
@@ -192,7 +192,7 @@ class QuestDBStore(Store):
             except QuestDBError:
                 pass
 
-    def write(self, spec: Topic, readings: Sequence[_Reading], received_at_ms: int) -> None:
+    def write(self, spec: Topic, readings: Sequence[Reading], received_at_ms: int) -> None:
         if not readings:
             return
         if not self._tables_ready:
@@ -220,16 +220,6 @@ class QuestDBStore(Store):
                 raise StoreUnavailable(
                     f"QuestDB at {self._http_where} (ILP/HTTP) did not take {len(frame)} {spec.name} rows: {exc}"
                 ) from exc
-
-    def flush(self) -> None:
-        with self._write_lock:
-            if self._sender is None or len(self._sender) == 0:
-                return
-            try:
-                self._sender.flush()
-            except QuestDBError as exc:
-                self._drop_sender()
-                raise StoreUnavailable(f"QuestDB at {self._http_where} (ILP/HTTP) flush failed: {exc}") from exc
 
     def latest(self, spec: Topic) -> pd.DataFrame:
         sql = f"SELECT {', '.join(spec.columns)} FROM {spec.name} LATEST ON ts PARTITION BY {spec.key}"

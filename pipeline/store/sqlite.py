@@ -15,7 +15,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from pipeline.schema import TOPICS, Topic, _Reading
+from pipeline.schema import TOPICS, Topic, Reading
 from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, to_ms
 
 ROLLUP_MS = 10_000
@@ -89,7 +89,7 @@ class SQLiteStore(Store):
         script += "CREATE TABLE IF NOT EXISTS latest (topic TEXT NOT NULL, key TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (topic, key)) WITHOUT ROWID;"
         self._run(lambda c: c.executescript(script))
 
-    def write(self, spec: Topic, readings: Sequence[_Reading], received_at_ms: int) -> None:
+    def write(self, spec: Topic, readings: Sequence[Reading], received_at_ms: int) -> None:
         if not readings:
             return
         fields = spec.columns[:-1]
