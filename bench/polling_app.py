@@ -14,6 +14,7 @@ from dash_app import history
 from dash_app.charts import CHARTS
 from dash_app.controls import window
 from dash_app.figures import line_figure
+from dash_app.graphs import trace_positions
 from dash_app.services import Services
 from pipeline import config
 from pipeline.daemon import setup_logging
@@ -40,9 +41,8 @@ def create_app(services: Services) -> Dash:
         start, end = window("live", None, None, int(time.time() * 1000), cfg.live_window_s)
         snap = history.snapshot(services.store, services.ring, services.health, start, end, cfg.live_max_points, with_ring=True)
         fig = line_figure(CHART, snap.frames[CHART.topic])
-        index = {t.meta: i for i, t in enumerate(fig.data)}
-        last = {t.meta: (t.x[-1] if len(t.x) else 0) for t in fig.data}
-        return fig, {"seq": services.ring.head, "index": index, "last": last}, "live"
+        index, last = trace_positions({CHART.id: fig})
+        return fig, {"seq": services.ring.head, "index": index[CHART.id], "last": last[CHART.id]}, "live"
 
     @app.callback(Output({"type": "chart", "id": CHART.id}, "extendData"), Output("cursor", "data", allow_duplicate=True),
                   Input("poll", "n_intervals"), State("cursor", "data"), prevent_initial_call=True)

@@ -30,14 +30,13 @@ def live_config(services: Services) -> dict:
     """What assets/live.js needs to route frame rows to traces and format the cards."""
     charts = []
     for c in CHARTS:
-        spec = TOPICS[c.topic]
-        columns = ["ts", spec.key, *spec.numeric]
+        columns = TOPICS[c.topic].series_columns
         charts.append({"id": c.id, "topic": c.topic, "fields": list(c.fields), "columns": [columns.index(f) for f in c.fields]})
-    topics = {name: ["ts", spec.key, *spec.numeric] for name, spec in TOPICS.items()}
+    topics = {name: list(spec.series_columns) for name, spec in TOPICS.items()}
     return {"charts": charts, "topics": topics, "cards": cards.CARD_FIELDS, "maxPoints": services.cfg.live_max_points}
 
 
-def _traces(figures: dict) -> tuple[dict, dict]:
+def trace_positions(figures: dict) -> tuple[dict, dict]:
     """Per chart: series id -> trace index, and the last x of each trace (for de-duplication)."""
     index, last = {}, {}
     for chart_id, fig in figures.items():
@@ -73,7 +72,7 @@ def register(app, services: Services) -> None:
         snap = history.snapshot(services.store, services.ring, services.health, start, end, cfg.live_max_points, with_ring=live)
         note = "store unreachable: showing live points only" if snap.error else None
         figures = {c.id: line_figure(c, snap.frames[c.topic], note) for c in CHARTS}
-        index, last = _traces(figures)
+        index, last = trace_positions(figures)
         latest = history.latest(services.store, snap.ring_frames)
         # `load` tells the page this is a new history even when the stream has not moved since.
         cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "traces": index, "lastTs": last, "error": snap.error}

@@ -45,14 +45,13 @@ def snapshot(store: Store, ring: Ring, health: Health, start_ms: int, end_ms: in
     """History of every topic for [start, end); `with_ring` adds the ring's newer points."""
     ring_rows, head = ring.snapshot()
     ring_frames = {
-        spec.name: pd.DataFrame(ring_rows.get(spec.name, []), columns=["ts", spec.key, *spec.numeric])
+        spec.name: pd.DataFrame(ring_rows.get(spec.name, []), columns=list(spec.series_columns))
         for spec in TOPICS.values()
     }
     if with_ring:
         _await_store(store, ring_frames)
     frames, error = {}, None
     for spec in TOPICS.values():
-        columns = ["ts", spec.key, *spec.numeric]
         live = ring_frames[spec.name]
         try:
             stored = topic_range(store, spec, start_ms, end_ms, max_points)
@@ -60,7 +59,7 @@ def snapshot(store: Store, ring: Ring, health: Health, start_ms: int, end_ms: in
         except StoreUnavailable as exc:
             log.warning("history unavailable: %s", exc)
             health.store_ok, error = False, str(exc)
-            stored = pd.DataFrame(columns=columns)
+            stored = pd.DataFrame(columns=list(spec.series_columns))
         if not with_ring:
             live = live.iloc[0:0]
         if not live.empty:

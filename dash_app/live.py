@@ -96,8 +96,8 @@ class Health:
 
 
 def row_of(spec, reading) -> list:
-    """A reading as the frame row the page expects: [ts, key, *numeric fields]."""
-    return [reading.ts, getattr(reading, spec.key), *(getattr(reading, f) for f in spec.numeric)]
+    """A reading as the frame row the page expects (spec.series_columns)."""
+    return [getattr(reading, c) for c in spec.series_columns]
 
 
 class LiveFeed(threading.Thread):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Config
@@ -65,6 +65,20 @@ def consumer(cfg: Config, group_id: str, client_id: str, *, offset_reset: str, o
 
 def admin(cfg: Config) -> AdminClient:
     return AdminClient({"bootstrap.servers": cfg.bootstrap_servers, "log_level": 2, "error_cb": _log_error})
+
+
+def group_progress(bootstrap: str, topic: str, group: str, timeout: float = 10) -> tuple[int, int]:
+    """(committed, end): a group's committed offsets and the topic's high watermarks, summed.
+
+    The probe never subscribes, so it does not join (or disturb) the group.
+    """
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 2})
+    try:
+        parts = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=timeout).topics[topic].partitions]
+        end = sum(probe.get_watermark_offsets(tp, timeout=timeout)[1] for tp in parts)
+        return sum(max(0, tp.offset) for tp in probe.committed(parts, timeout=timeout)), end
+    finally:
+        probe.close()
 
 
 def unique_group(prefix: str) -> str:

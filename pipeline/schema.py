@@ -64,6 +64,11 @@ class Topic:
         return f"{self.name}.dlq"
 
     @property
+    def series_columns(self) -> tuple[str, ...]:
+        """What charts draw, and the row layout of live frames: ts, key, then the numeric fields."""
+        return ("ts", self.key, *self.numeric)
+
+    @property
     def columns(self) -> tuple[str, ...]:
         """Stored columns in table order: ts, key, the message's fields, then received_at."""
         return ("ts", self.key, *self.numeric, *self.text, "received_at")

@@ -172,23 +172,17 @@ def _resume_producers(cfg: Config, producers: list[Child], stop: threading.Event
 
 def _writers_drained(cfg: Config, deadline: float) -> bool:
     """True once every writer group has committed up to the end of its topic."""
-    from confluent_kafka import Consumer, TopicPartition
-
+    from pipeline.kafka import group_progress
     from pipeline.writer import group_id
 
     pending = dict(TOPICS)
     while pending and time.monotonic() < deadline:
         for name, spec in list(pending.items()):
-            probe = Consumer({"bootstrap.servers": cfg.bootstrap_servers, "group.id": group_id(spec), "log_level": 2})
             try:
-                parts = [TopicPartition(name, p) for p in probe.list_topics(name, timeout=5).topics[name].partitions]
-                ends = sum(probe.get_watermark_offsets(tp, timeout=5)[1] for tp in parts)
-                done = sum(max(0, tp.offset) for tp in probe.committed(parts, timeout=5))
-                if done >= ends:
+                done, end = group_progress(cfg.bootstrap_servers, name, group_id(spec), timeout=5)
+                if done >= end:
                     del pending[name]
             except KafkaException:
                 pass
-            finally:
-                probe.close()
-        time.sleep(0.2)
+        time.sleep(0.5)
     return not pending

@@ -8,8 +8,9 @@ import threading
 import time
 
 import psutil
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
+from pipeline.kafka import group_progress
 from pipeline.schema import MAX_MESSAGE_BYTES, TOPICS
 from pipeline.simulate import device_names, room_names
 from pipeline.store import open_store
@@ -44,14 +45,7 @@ def produce(bootstrap: str, topic: str, messages, rate: float | None = None) -> 
 
 
 def committed(bootstrap: str, topic: str, group: str) -> int:
-    """Sum of the group's committed offsets over the topic's partitions."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        offsets = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-        return sum(max(0, tp.offset) for tp in offsets)
-    finally:
-        c.close()
+    return group_progress(bootstrap, topic, group)[0]
 
 
 def test_n_messages_make_n_rows_and_resending_them_adds_none(stack, broker):

@@ -234,7 +234,7 @@ class QuestDBStore(Store):
 
     def range(self, spec: Topic, start: TimeLike, end: TimeLike, max_points: int) -> pd.DataFrame:
         start_ms, end_ms = to_ms(start), to_ms(end)
-        columns = ("ts", spec.key, *spec.numeric)
+        columns = spec.series_columns
         step = bucket_ms(start_ms, end_ms, max_points)
         if end_ms <= start_ms:
             return empty_frame(spec, columns)

@@ -139,7 +139,7 @@ class SQLiteStore(Store):
 
     def range(self, spec: Topic, start: TimeLike, end: TimeLike, max_points: int) -> pd.DataFrame:
         start_ms, end_ms = to_ms(start), to_ms(end)
-        columns = ("ts", spec.key, *spec.numeric)
+        columns = spec.series_columns
         step = bucket_ms(start_ms, end_ms, max_points)
         t, k, fields = spec.name, spec.key, ", ".join(spec.numeric)
         # Whole rollup buckets inside [start, end) come from the rollup; the partial buckets at
