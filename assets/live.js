@@ -101,6 +101,10 @@
         const idle = [chartIds.map(noUpdate), noUpdate(), noUpdate()];
         const gap = Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, 1.5 * state.drawMs));
         if (!state.frames.length || performance.now() - state.lastDraw < gap) return idle;
+        // A new history has reached the charts but `connect` has not taken its cursor yet: points
+        // drained now would be measured against the old history, and dcc.Graph applies extendData
+        // queued behind a new figure on top of it, drawing them twice. Wait for `connect`.
+        if (!cursor || cursor.load !== state.loaded) return idle;
         timeDraws();
         const adds = {};
         let reload = false;
