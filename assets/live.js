@@ -14,7 +14,7 @@
 (function () {
   "use strict";
   const state = {
-    frames: [], socket: null, cursor: null, loaded: null, live: false, traces: {}, lastTs: {},
+    frames: [], socket: null, cursor: null, loaded: null, live: false, traces: {},
     latest: {}, health: {}, gap: false, attempts: 0, lastAttempt: 0, lastReload: 0,
     lastDraw: 0, drawMs: 0,
   };
@@ -54,21 +54,53 @@
   const MIN_GAP_MS = 40;
   const MAX_GAP_MS = 1000;
 
-  /* Time each extendTraces (dcc.Graph's extendData) until its redraw is done. */
-  function timeDraws() {
-    const Plotly = window.Plotly;
-    if (!Plotly || Plotly.extendTraces.timed) return;
+  /* Every chart update goes through Plotly.extendTraces (dcc.Graph's extendData). We wrap it to
+   * time each redraw until it is done, and to drop points a trace already holds: dcc.Graph
+   * re-applies a queued extendData when the next one arrives before the first finished drawing
+   * (it clears its queue only after the redraw), which would draw those points twice. Each
+   * series arrives in time order, so a point at or before its trace's last x is already drawn.
+   * The same check covers a frame that overlaps the history it follows. */
+  function newPoints(gd, update, indices) {
+    const fresh = {};
+    let any = false;
+    for (const key of Object.keys(update)) fresh[key] = [];
+    indices.forEach((index, k) => {
+      const x = (gd.data[index] || {}).x || [];
+      let last = x.length ? Number(x[x.length - 1]) : -Infinity;
+      const keep = update.x[k].map((v) => Number(v) > last && (last = Number(v), true));
+      any = any || keep.some(Boolean);
+      for (const key of Object.keys(update)) fresh[key].push(update[key][k].filter((_, j) => keep[j]));
+    });
+    return any ? fresh : null;
+  }
+
+  function wrapExtendTraces(Plotly) {
+    if (!Plotly || !Plotly.extendTraces || Plotly.extendTraces.wrapped) return;
     const original = Plotly.extendTraces;
-    const timed = function () {
+    const wrapped = function (gd, update, indices, maxPoints) {
+      const root = typeof gd === "string" ? document.getElementById(gd) : gd;
+      if (root && root.data && update && update.x && Array.isArray(indices)) {
+        update = newPoints(root, update, indices);
+        if (!update) return Promise.resolve(root); // nothing new: skip the redraw
+      }
       const start = performance.now();
       const done = () => { state.drawMs = 0.7 * state.drawMs + 0.3 * (performance.now() - start); };
-      const result = original.apply(this, arguments);
+      const result = original.call(this, gd, update, indices, maxPoints);
       if (result && result.then) result.then(done, done); else done();
       return result;
     };
-    timed.timed = true;
-    Plotly.extendTraces = timed;
+    wrapped.wrapped = true;
+    Plotly.extendTraces = wrapped;
   }
+
+  // dcc.Graph loads plotly.js on demand, after this file: wrap it the moment it is assigned.
+  let plotly = window.Plotly;
+  Object.defineProperty(window, "Plotly", {
+    configurable: true,
+    get: () => plotly,
+    set: (value) => { plotly = value; wrapExtendTraces(value); },
+  });
+  wrapExtendTraces(plotly);
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     live: {
@@ -81,7 +113,6 @@
           state.cursor = cursor.cursor;
           state.live = cursor.live;
           state.traces = cursor.traces;
-          state.lastTs = cursor.lastTs;
           state.frames = [];
           state.gap = false;
           return socketUrl(state.cursor);
@@ -105,7 +136,6 @@
         // drained now would be measured against the old history, and dcc.Graph applies extendData
         // queued behind a new figure on top of it, drawing them twice. Wait for `connect`.
         if (!cursor || cursor.load !== state.loaded) return idle;
-        timeDraws();
         const adds = {};
         let reload = false;
         const health = JSON.stringify(state.health);
@@ -135,14 +165,11 @@
             for (const chart of config.charts) {
               if (chart.topic !== topic) continue;
               const traces = state.traces[chart.id];
-              const last = state.lastTs[chart.id];
               for (const row of rows) {
                 chart.fields.forEach((field, f) => {
                   const meta = row[1] + "|" + field;
                   const index = traces[meta];
                   if (index === undefined) { reload = true; return; }
-                  if (row[0] <= last[meta]) return; // already drawn (history or a resent frame)
-                  last[meta] = row[0];
                   const add = adds[chart.id] || (adds[chart.id] = {});
                   const trace = add[index] || (add[index] = { x: [], y: [] });
                   trace.x.push(row[0]);

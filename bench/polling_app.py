@@ -41,8 +41,8 @@ def create_app(services: Services) -> Dash:
         start, end = window("live", None, None, int(time.time() * 1000), cfg.live_window_s)
         snap = history.snapshot(services.store, services.ring, services.health, start, end, cfg.live_max_points, with_ring=True)
         fig = line_figure(CHART, snap.frames[CHART.topic])
-        index, last = trace_positions({CHART.id: fig})
-        return fig, {"seq": services.ring.head, "index": index[CHART.id], "last": last[CHART.id]}, "live"
+        last = {t.meta: t.x[-1] for t in fig.data}  # extendData is not idempotent: skip what history holds
+        return fig, {"seq": services.ring.head, "index": trace_positions({CHART.id: fig})[CHART.id], "last": last}, "live"
 
     @app.callback(Output({"type": "chart", "id": CHART.id}, "extendData"), Output("cursor", "data", allow_duplicate=True),
                   Input("poll", "n_intervals"), State("cursor", "data"), prevent_initial_call=True)

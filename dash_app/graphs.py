@@ -36,13 +36,9 @@ def live_config(services: Services) -> dict:
     return {"charts": charts, "topics": topics, "cards": cards.CARD_FIELDS, "maxPoints": services.cfg.live_max_points}
 
 
-def trace_positions(figures: dict) -> tuple[dict, dict]:
-    """Per chart: series id -> trace index, and the last x of each trace (for de-duplication)."""
-    index, last = {}, {}
-    for chart_id, fig in figures.items():
-        index[chart_id] = {t.meta: i for i, t in enumerate(fig.data)}
-        last[chart_id] = {t.meta: int(t.x[-1]) if len(t.x) else 0 for t in fig.data}
-    return index, last
+def trace_positions(figures: dict) -> dict:
+    """Per chart: series id -> trace index, how live points find their trace."""
+    return {chart_id: {t.meta: i for i, t in enumerate(fig.data)} for chart_id, fig in figures.items()}
 
 
 def _axis_ms(x) -> int:
@@ -72,10 +68,9 @@ def register(app, services: Services) -> None:
         snap = history.snapshot(services.store, services.ring, services.health, start, end, cfg.live_max_points, with_ring=live)
         note = "store unreachable: showing live points only" if snap.error else None
         figures = {c.id: line_figure(c, snap.frames[c.topic], note) for c in CHARTS}
-        index, last = trace_positions(figures)
         latest = history.latest(services.store, snap.ring_frames)
         # `load` tells the page this is a new history even when the stream has not moved since.
-        cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "traces": index, "lastTs": last, "error": snap.error}
+        cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "traces": trace_positions(figures), "error": snap.error}
         return [figures[c.id] for c in CHARTS], cursor, latest, cards.render(latest), services.health.as_dict()
 
     @app.callback(

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
+from dash import Dash, dcc, html
 
 from dash_app.app import create_app
 from dash_app.charts import CHARTS
@@ -172,3 +174,21 @@ def test_a_longer_range_comes_from_the_store_and_zooming_requeries_it(dashboard)
         json.dumps({"id": "temperature", "type": "chart"}, separators=(",", ":")), lo, hi,
     )
     wait_for(lambda: browser_series(duo)[("temperature", "kitchen|value")] == [x for x in kitchen if lo <= x < hi], 10, "the zoomed re-query")
+
+
+def test_an_extend_arriving_while_the_last_one_draws_is_drawn_once(dash_duo):
+    """dcc.Graph re-applies a queued extendData when the next one comes before the first has
+    drawn; assets/live.js must keep each point once. Frames overlapping the history are trimmed."""
+    app = Dash(__name__, assets_folder=str(Path(__file__).parents[1] / "assets"))
+    app.layout = html.Div([dcc.Graph(id="chart", figure={"data": [{"x": list(range(10)), "y": list(range(10))}]})])
+    dash_duo.start_server(app)
+    wait_for(lambda: dash_duo.driver.execute_script("return (document.querySelector('.js-plotly-plot') || {}).data !== undefined"), 10, "the chart")
+    dash_duo.driver.execute_script(
+        """const extend = (xs) => window.dash_clientside.set_props('chart', {extendData: [{x: [xs], y: [xs]}, [0]]});
+           extend([10]);
+           [[11], [5, 12], [12, 13], [14]].forEach((xs, i) => setTimeout(() => extend(xs), i));"""
+    )
+    xs = "return Array.from(document.querySelector('.js-plotly-plot').data[0].x)"
+    wait_for(lambda: dash_duo.driver.execute_script(xs)[-1] == 14, 10, "every extend drawn")
+    time.sleep(0.5)  # a re-applied extend would land after the last one
+    assert dash_duo.driver.execute_script(xs) == list(range(15))
