@@ -2,7 +2,10 @@
 
 The values are chosen for the embedded broker and hold for Apache Kafka too (see DESIGN notes):
 short session timeouts make a group join take ~3 s instead of ~23 s; a short fetch wait keeps
-live latency near 10-30 ms; linger.ms=5 batches producer sends so consumers keep up.
+live latency near 10-30 ms. The producer's linger.ms (PRODUCER_LINGER_MS, 20) trades latency
+for batches: the embedded broker's CPU per request grows with the number of batches it holds, so at
+5,000 msg/s a 5 ms linger made it climb past a core within a minute; 20 ms keeps it flat and
+adds ~13 ms at low rates (bench/e2e_latency: p50 41 ms at 100 points/s).
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def producer(cfg: Config, client_id: str) -> Producer:
     return Producer(
         {
             **_common(cfg, client_id),
-            "linger.ms": 5,
+            "linger.ms": cfg.producer_linger_ms,
             "acks": "all",
             # Redelivered or re-sent readings are harmless: the store upserts on (ts, key) and the
             # dashboard drops points not newer than its last. Idempotence would add a fatal
