@@ -31,7 +31,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ROOMS", "4", "Number of simulated rooms (temperature and humidity sensors)."),
     Setting("DEVICES", "3", "Number of devices reporting system usage; the first is this machine, the others are simulated."),
     Setting("RATE", "1", "Readings per second per sensor."),
-    Setting("PRODUCER_LINGER_MS", "20", "Longest a producer waits to gather readings into one batch. Shorter: lower latency at low rates; longer: fewer, larger batches (the embedded broker's CPU grows with the batches it holds)."),
+    Setting("PRODUCER_LINGER_MS", "20", "Longest a producer waits to gather readings into one batch. Shorter: lower latency at low rates; longer: fewer, larger batches (the embedded broker's CPU grows with the number of batches it holds)."),
     Setting("PARTITIONS", "3", "Partitions per topic when topic admin creates it."),
     Setting("REPLICATION_FACTOR", "", "Replication factor for new topics. Empty: min(3, number of brokers)."),
     Setting("WRITER_BATCH_SIZE", "5000", "Most messages a store writer takes from Kafka per batch."),
