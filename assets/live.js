@@ -67,7 +67,11 @@
     indices.forEach((index, k) => {
       const x = (gd.data[index] || {}).x || [];
       let last = x.length ? Number(x[x.length - 1]) : -Infinity;
-      const keep = update.x[k].map((v) => Number(v) > last && (last = Number(v), true));
+      const keep = update.x[k].map((v) => {
+        if (Number(v) <= last) return false;
+        last = Number(v);
+        return true;
+      });
       any = any || keep.some(Boolean);
       for (const key of Object.keys(update)) fresh[key].push(update[key][k].filter((_, j) => keep[j]));
     });
