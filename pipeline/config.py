@@ -39,8 +39,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DASH_HOST", "127.0.0.1", "Address the dashboard listens on."),
     Setting("DASH_PORT", "8050", "Port of the dashboard (page and live websocket)."),
     Setting("LIVE_WINDOW_S", "300", "Width of the dashboard's live window, in seconds."),
-    Setting("LIVE_MAX_POINTS", "2000", "Most points per trace the dashboard draws (history is downsampled to this)."),
-    Setting("FRAME_MS", "50", "Shortest gap between two live websocket frames; points arriving meanwhile share the next frame."),
+    Setting("LIVE_MAX_POINTS", "2000", "Most points per series a history range returns before the store averages it into buckets."),
+    Setting("LIVE_BUCKETS", "600", "Horizontal resolution of a live chart, about one bucket per pixel column: the live window is cut into this many time buckets, and a series faster than one reading per bucket is drawn as each bucket's lowest, highest and last reading."),
     Setting("RUN_DIR", "data", "Folder for the embedded broker's pidfile and the default SQLite database."),
     Setting("LOG_LEVEL", "INFO", "Logging level of every daemon."),
 )
@@ -64,7 +64,7 @@ class Config:
     dash_port: int
     live_window_s: int
     live_max_points: int
-    frame_ms: int
+    live_buckets: int
     run_dir: str
     log_level: str
     embedded_broker: bool = field(default=False)

@@ -5,7 +5,7 @@ import json
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline import kafka
 from pipeline.config import Config
@@ -55,17 +55,20 @@ def run(cfg: Config, spec: Topic, stop: threading.Event) -> None:
         "sending %s for %d %s (%s) at %g/s each to %s",
         spec.name, len(readers), spec.key + "s", ", ".join(k for k, _ in readers), cfg.rate, cfg.bootstrap_servers,
     )
-    interval = 1.0 / cfg.rate
-    next_tick = time.monotonic()
+    # Tick k samples at wall0 + k * period: each reading keeps its own sampling time even when
+    # the loop runs late and catches up (the store upserts on (ts, key), so two readings of one
+    # sensor must never share a millisecond; RATE is at most 1000).
+    period_ms = 1000.0 / cfg.rate
+    mono0, wall0, k = time.monotonic(), time.time_ns() // 1_000_000, 0
     report = Every(REPORT_S)
-    reported_sent = reported_failed = 0
+    reported_sent, reported_failed = 0, 0
     while not stop.is_set():
-        # Catch up on every tick that is due (high rates), but never burst more than a second's worth.
-        now = time.monotonic()
-        if now - next_tick > 1.0:
-            next_tick = now
-        while next_tick <= now:
-            ms = time.time_ns() // 1_000_000
+        due = int((time.monotonic() - mono0) * 1000 / period_ms)
+        if due - k > cfg.rate:  # over a second behind (the machine stalled): sensors skip what they missed
+            log.warning("fell %.1fs behind; skipping %d ticks", (due - k) * period_ms / 1000, due - k)
+            k = due
+        while k <= due and not stop.is_set():
+            ms = wall0 + int(k * period_ms)
             for key, read in readers:
                 payload = json.dumps(read(ms)).encode()
                 while True:
@@ -77,8 +80,14 @@ def run(cfg: Config, spec: Topic, stop: threading.Event) -> None:
                         if stop.is_set():
                             break
                 sent += 1
-            next_tick += interval
-        producer.poll(0)
+            k += 1
+        until_next = mono0 + k * period_ms / 1000 - time.monotonic()
+        if until_next * 1000 > cfg.producer_linger_ms:
+            # Quiet: this tick's readings are all there is until the next tick, so waiting out
+            # linger.ms would only delay them. flush() sends at once; batches stay one per tick.
+            producer.flush(until_next)
+        else:
+            producer.poll(0)
         elapsed = report()
         if elapsed:
             new_failed = failed - reported_failed
@@ -88,6 +97,6 @@ def run(cfg: Config, spec: Topic, stop: threading.Event) -> None:
                 f" (last: {last_error})" if new_failed else "", len(producer),
             )
             reported_sent, reported_failed = sent, failed
-        stop.wait(max(0.0, next_tick - time.monotonic()))
+        stop.wait(max(0.0, mono0 + k * period_ms / 1000 - time.monotonic()))
     left = producer.flush(10)
     log.info("stopped after %d readings; %d failed, %d undelivered at exit", sent, failed, left)
