@@ -10,7 +10,10 @@ it reached half a core after 40 s with 5 ms, a quarter of a core after 60 s with
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
+import weakref
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -24,14 +27,76 @@ def _common(cfg: Config, client_id: str, on_error=None) -> dict:
     return {
         "bootstrap.servers": cfg.bootstrap_servers,
         "client.id": client_id,
-        # librdkafka logs every failed reconnect; error_cb reports them once, readably, instead.
+        # librdkafka logs every failed reconnect; error_cb summarizes them readably instead.
         "log_level": 2,
-        "error_cb": on_error or _log_error,
+        "error_cb": on_error or ErrorSummary(client_id),
     }
 
 
-def _log_error(err) -> None:
-    log.warning("kafka: %s", err.str())
+class ErrorSummary:
+    """A client's error_cb that logs state changes and counts, not one line per event.
+
+    While a broker is down librdkafka reports every failed reconnect (hundreds a minute). This
+    logs the first error of each kind at once, then one line per `interval` with how many more
+    came, and one line when none has come for `quiet` seconds (librdkafka retries a broker at
+    least every 10 s while it wants it, so a quiet spell means the connections came back, or
+    the client stopped needing them). Fatal errors are always logged.
+    """
+
+    def __init__(self, name: str, interval: float = 10.0, quiet: float = 15.0, clock=time.monotonic):
+        self.name, self.interval, self.quiet, self.clock = name, interval, quiet, clock
+        self.kinds: set[int] = set()  # error codes seen in the current episode
+        self.first = self.last = self.reported = 0.0
+        self.total = self.pending = 0
+        self.latest = ""
+        with _lock:
+            _summaries.add(self)
+            if not _ticker.is_alive():
+                _ticker.start()
+
+    def __call__(self, err) -> None:
+        now = self.clock()
+        with _lock:
+            if err.fatal():
+                log.error("kafka %s: fatal: %s", self.name, err.str())
+                return
+            if not self.kinds:
+                self.first = self.reported = now
+                self.total = self.pending = 0
+            self.last, self.latest, self.total = now, err.str(), self.total + 1
+            if err.code() not in self.kinds:
+                self.kinds.add(err.code())
+                log.warning("kafka %s: %s", self.name, err.str())
+            else:
+                self.pending += 1
+
+    def tick(self, now: float) -> None:
+        with _lock:
+            if not self.kinds:
+                return
+            if now - self.last >= self.quiet:
+                log.info("kafka %s: no error for %.0f s; %d error(s) in the %.0f s before", self.name, self.quiet,
+                         self.total, self.last - self.first)
+                self.kinds.clear()
+            elif self.pending and now - self.reported >= self.interval:
+                log.warning("kafka %s: %d more error(s) in the last %.0f s, latest: %s", self.name, self.pending,
+                            now - self.reported, self.latest)
+                self.pending, self.reported = 0, now
+
+
+_lock = threading.Lock()
+_summaries: weakref.WeakSet[ErrorSummary] = weakref.WeakSet()
+
+
+def _tick_all() -> None:
+    while True:
+        time.sleep(1.0)
+        now = time.monotonic()
+        for summary in list(_summaries):
+            summary.tick(now)
+
+
+_ticker = threading.Thread(target=_tick_all, name="kafka-errors", daemon=True)  # serves every ErrorSummary
 
 
 def producer(cfg: Config, client_id: str) -> Producer:
@@ -67,7 +132,7 @@ def consumer(cfg: Config, group_id: str, client_id: str, *, offset_reset: str, o
 
 
 def admin(cfg: Config) -> AdminClient:
-    return AdminClient({"bootstrap.servers": cfg.bootstrap_servers, "log_level": 2, "error_cb": _log_error})
+    return AdminClient({"bootstrap.servers": cfg.bootstrap_servers, "log_level": 2, "error_cb": ErrorSummary("admin")})
 
 
 def group_progress(bootstrap: str, topic: str, group: str, timeout: float = 10) -> tuple[int, int]:
