@@ -1,97 +1,268 @@
-"""Every setting of the product, read from environment variables in one place.
+"""Every setting of the product, read from environment variables in one place (pydantic-settings).
 
-Each field names its variable and default; the README's configuration table lists the same
-(tests/test_config.py keeps the two in step). Command-line options of `pipeline.run` write
-these variables before any daemon starts, so child processes see the same values.
+Each field names its variable (the field name in capitals), its default, what it accepts and what
+it means; the README's configuration table lists the same (tests/test_config.py keeps the two in
+step). A refused setting is one line naming the variable and what it accepts: `load()` raises
+ConfigError, and the commands exit with code 2 (`load_or_exit`) before anything starts.
+Command-line options of `pipeline.run` go through the same validation (`load(overrides)`), then
+are written to the environment so that child processes see the same values.
 """
 from __future__ import annotations
 
+import errno
 import os
-from dataclasses import dataclass, field, fields
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXIT_CONFIG = 2  # the exit code of a refused setting (and of a port in use): not worth restarting
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_RUN_DIR = "data"
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
+class ConfigError(ValueError):
+    """A setting the product refuses; str() is the one line to show."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    env: str
-    default: str
-    help: str
+def _setting(default: Any, accepts: str, help: str, **constraints: Any) -> Any:
+    return Field(default, description=help, json_schema_extra={"accepts": accepts}, **constraints)
 
 
-# The documented variables, in the order the README shows them.
-SETTINGS: tuple[Setting, ...] = (
-    Setting("KAFKA_BOOTSTRAP_SERVERS", "", "Kafka brokers to use. Empty: the embedded broker on 127.0.0.1:BROKER_PORT (started by `run all` / `run broker`)."),
-    Setting("BROKER_PORT", "19092", "Port of the embedded broker."),
-    Setting("BROKER_MAX_MB", "1024", "Memory of the embedded broker (it keeps every message) above which `run all` drains the writers and starts it afresh."),
-    Setting("STORE_URL", "sqlite:///data/dashboard.db", "Where readings are stored: `sqlite:///PATH` or `questdb://HOST` (ILP/HTTP on 9000, PG wire on 8812)."),
-    Setting("ROOMS", "4", "Number of simulated rooms (temperature and humidity sensors)."),
-    Setting("DEVICES", "3", "Number of devices reporting system usage; the first is this machine, the others are simulated."),
-    Setting("RATE", "1", "Readings per second per sensor."),
-    Setting("PRODUCER_LINGER_MS", "20", "Longest a producer waits to gather readings into one batch. Shorter: lower latency at low rates; longer: fewer, larger batches (the embedded broker's CPU grows with the number of batches it holds)."),
-    Setting("PARTITIONS", "3", "Partitions per topic when topic admin creates it."),
-    Setting("REPLICATION_FACTOR", "", "Replication factor for new topics. Empty: min(3, number of brokers)."),
-    Setting("WRITER_BATCH_SIZE", "5000", "Most messages a store writer takes from Kafka per batch."),
-    Setting("WRITER_FLUSH_MS", "250", "Longest a store writer holds a batch before writing it and committing."),
-    Setting("DASH_HOST", "127.0.0.1", "Address the dashboard listens on."),
-    Setting("DASH_PORT", "8050", "Port of the dashboard (page and live websocket)."),
-    Setting("LIVE_WINDOW_S", "300", "Width of the dashboard's live window, in seconds."),
-    Setting("LIVE_MAX_POINTS", "2000", "Most points per series a history range returns before the store averages it into buckets."),
-    Setting("LIVE_BUCKETS", "600", "Horizontal resolution of a live chart, about one bucket per pixel column: the live window is cut into this many time buckets, and a series faster than one reading per bucket is drawn as each bucket's lowest, highest and last reading."),
-    Setting("RUN_DIR", "data", "Folder for the embedded broker's pidfile and the default SQLite database."),
-    Setting("LOG_LEVEL", "INFO", "Logging level of every daemon."),
-)
+def _port(default: int, help: str) -> Any:
+    return _setting(default, "a port, 1 to 65535", help, ge=1, le=65535)
 
 
-@dataclass(frozen=True)
-class Config:
-    kafka_bootstrap_servers: str
-    broker_port: int
-    broker_max_mb: int
-    store_url: str
-    rooms: int
-    devices: int
-    rate: float
-    producer_linger_ms: int
-    partitions: int
-    replication_factor: int | None
-    writer_batch_size: int
-    writer_flush_ms: int
-    dash_host: str
-    dash_port: int
-    live_window_s: int
-    live_max_points: int
-    live_buckets: int
-    run_dir: str
-    log_level: str
-    embedded_broker: bool = field(default=False)
+def _count(default: int, help: str) -> Any:
+    return _setting(default, "an integer ≥ 1", help, ge=1)
+
+
+class Config(BaseSettings):
+    """The product's settings, frozen. Fields are in the order the README shows them."""
+
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, extra="ignore", str_strip_whitespace=True)
+
+    kafka_bootstrap_servers: str = _setting(
+        "", "empty, or HOST:PORT[,HOST:PORT...]",
+        "Kafka brokers to use. Empty: the embedded broker on 127.0.0.1:BROKER_PORT (started by `run all` / `run broker`). "
+        "Each host must resolve when a command starts.")
+    broker_port: int = _port(19092, "Port of the embedded broker.")
+    broker_max_mb: int = _count(
+        1024, "Memory of the embedded broker (it keeps every message) above which `run all` drains the writers and starts it afresh.")
+    store_url: str = _setting(
+        "sqlite:///data/dashboard.db", "`sqlite:///relative/path`, `sqlite:////absolute/path` or `questdb://HOST[:PORT]`",
+        "Where readings are stored. SQLite: three slashes then a path relative to the working directory, four for an absolute "
+        "path; its folder must exist, except `RUN_DIR`, which is created. QuestDB: ILP/HTTP on PORT (9000), PG wire on 8812.")
+    rooms: int = _count(4, "Number of simulated rooms (temperature and humidity sensors).")
+    devices: int = _count(3, "Number of devices reporting system usage; the first is this machine, the others are simulated.")
+    rate: float = _setting(
+        1, "a number > 0 and ≤ 1000",
+        "Readings per second per sensor. At most 1000: `ts` is in milliseconds, and two readings of a sensor never share one.",
+        gt=0, le=1000, allow_inf_nan=False)
+    producer_linger_ms: int = _setting(
+        20, "an integer ≥ 0",
+        "Longest a producer waits to gather readings into one batch. Shorter: lower latency at low rates; longer: fewer, larger "
+        "batches (the embedded broker's CPU grows with the number of batches it holds).", ge=0)
+    partitions: int = _count(3, "Partitions per topic when topic admin creates it.")
+    replication_factor: int | None = _setting(
+        None, "empty, or an integer ≥ 1", "Replication factor for new topics. Empty: min(3, number of brokers).", ge=1)
+    writer_batch_size: int = _count(5000, "Most messages a store writer takes from Kafka per batch.")
+    writer_flush_ms: int = _count(250, "Longest a store writer holds a batch before writing it and committing.")
+    dash_host: str = _setting("127.0.0.1", "a host name or address", "Address the dashboard listens on.", min_length=1)
+    dash_port: int = _port(8050, "Port of the dashboard (page and live websocket); it must be free when the dashboard starts.")
+    live_window_s: int = _count(300, "Width of the dashboard's live window, in seconds.")
+    live_max_points: int = _count(2000, "Most points per series a history range returns before the store averages it into buckets.")
+    live_buckets: int = _count(
+        600, "Horizontal resolution of a live chart, about one bucket per pixel column: the live window is cut into this many "
+        "time buckets, and a series faster than one reading per bucket is drawn as each bucket's lowest, highest and last reading.")
+    run_dir: str = _setting(
+        DEFAULT_RUN_DIR, "a folder path", "Folder for the embedded broker's pidfile and the default SQLite database.", min_length=1)
+    log_level: str = _setting("INFO", ", ".join(LOG_LEVELS), "Logging level of every daemon.")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        if value:
+            bootstrap_hosts(value)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError("not a logging level")
+        return value.upper()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.kafka_bootstrap_servers
 
     @property
     def bootstrap_servers(self) -> str:
         return self.kafka_bootstrap_servers or f"127.0.0.1:{self.broker_port}"
 
 
-def load() -> Config:
-    """Read the configuration from the environment; a malformed number is a clear error."""
-    raw = {s.env: _env(s.env, s.default) for s in SETTINGS}
-    converters = {f.name: f.type for f in fields(Config)}
-    values: dict[str, object] = {}
-    for env, text in raw.items():
-        name = env.lower()
-        kind = converters[name]
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str  # as written in the environment; "" is empty
+    accepts: str
+    help: str
+
+
+# The documented variables, in the order the README shows them.
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(name.upper(), "" if f.default is None else str(f.default), f.json_schema_extra["accepts"], f.description)
+    for name, f in Config.model_fields.items()
+)
+_BY_ENV = {s.env: s for s in SETTINGS}
+
+
+def bootstrap_hosts(servers: str) -> list[tuple[str, int]]:
+    """(host, port) of each entry of a KAFKA_BOOTSTRAP_SERVERS list; ValueError on a malformed one."""
+    result = []
+    for entry in servers.split(","):
+        entry = entry.strip()
+        address = entry.split("://", 1)[1] if "://" in entry else entry  # librdkafka accepts PLAINTEXT://host:port
+        host, sep, port = address.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [IPv6]:port
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c.isspace() or c in "/[]" for c in host):
+            raise ValueError(f"{entry!r} is not HOST:PORT" if entry else "an entry is empty")
+        result.append((host, int(port)))
+    return result
+
+
+def store_url_problem(url: str, run_dir: str = DEFAULT_RUN_DIR) -> str | None:
+    """What is wrong with a STORE_URL, or None. One function per scheme: add a form here."""
+    scheme, sep, rest = url.partition("://")
+    check = _STORE_CHECKS.get(scheme) if sep else None
+    if check is None:
+        return "unknown kind of store"
+    return check(url, rest, run_dir)
+
+
+def _sqlite_problem(url: str, rest: str, run_dir: str) -> str | None:
+    # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
+    if not rest.startswith("/") or not rest[1:] or rest.endswith("/"):
+        return "names no file"
+    path = Path(rest[1:])
+    folder = path.parent
+    if folder.is_dir() or folder.resolve() == Path(run_dir).resolve():
+        return None
+    return f"folder {str(folder)!r} does not exist (create it; only RUN_DIR is created)"
+
+
+def _questdb_problem(url: str, rest: str, run_dir: str) -> str | None:
+    host, sep, port = rest.rstrip("/").rpartition(":") if ":" in rest else (rest.rstrip("/"), "", "")
+    if not host or "/" in host or "@" in host or any(c.isspace() for c in host):
+        return "names no host"
+    if sep and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return "port is not 1 to 65535"
+    return None
+
+
+_STORE_CHECKS = {"sqlite": _sqlite_problem, "questdb": _questdb_problem}
+
+
+def _describe(env: str, value: Any, problem: str | None, flags: dict[str, str], expected: str | None = None) -> str:
+    name = f"{flags[env]} (env {env})" if env in flags else env
+    why = f": {problem};" if problem else ":"
+    return f"{name}={str(value)!r} refused{why} expected {expected or _BY_ENV[env].accepts}"
+
+
+def load(overrides: dict[str, str] | None = None, *, flags: dict[str, str] | None = None) -> Config:
+    """The configuration from the environment, with `overrides` (by variable name) on top.
+
+    Raises ConfigError with one line naming every refused variable and what it accepts.
+    `flags` names the command-line option an override came from, for the message.
+    """
+    overrides = {env: value for env, value in (overrides or {}).items() if value is not None}
+    flags = flags or {}
+    try:
+        cfg = Config(**{env.lower(): value for env, value in overrides.items()})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            env = str(error["loc"][0]).upper()
+            value = overrides.get(env, os.environ.get(env, error.get("input")))
+            problem = str(error["ctx"]["error"]) if error["type"] == "value_error" else None  # else: out of range
+            problems.append(_describe(env, value, problem, flags))
+        raise ConfigError("; ".join(problems)) from None
+    problem = store_url_problem(cfg.store_url, cfg.run_dir)
+    if problem:
+        raise ConfigError(_describe("STORE_URL", cfg.store_url, problem, flags))
+    return cfg
+
+
+def fail(message: str) -> None:
+    """Exit before anything starts: one line on stderr, code 2 (a supervisor must not restart it)."""
+    print(f"configuration error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def load_or_exit(overrides: dict[str, str] | None = None, *, flags: dict[str, str] | None = None) -> Config:
+    try:
+        return load(overrides, flags=flags)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable
+
+
+# ---------------------------------------------------------------- startup checks
+
+
+def check_bootstrap_resolves(cfg: Config, timeout: float = 2.0) -> None:
+    """ConfigError unless every KAFKA_BOOTSTRAP_SERVERS host resolves within `timeout` seconds.
+
+    librdkafka would retry an unknown host quietly for ever; this says so at once.
+    """
+    if cfg.embedded_broker:
+        return
+    hosts = sorted({host for host, _ in bootstrap_hosts(cfg.kafka_bootstrap_servers)})
+    results: dict[str, str | None] = {}
+
+    def resolve(host: str) -> None:
         try:
-            if kind == "int":
-                values[name] = int(text)
-            elif kind == "float":
-                values[name] = float(text)
-            elif kind == "int | None":
-                values[name] = int(text) if text else None
-            else:
-                values[name] = text
-        except ValueError:
-            raise SystemExit(f"configuration error: {env}={text!r} is not a valid {kind}") from None
-    values["embedded_broker"] = not raw["KAFKA_BOOTSTRAP_SERVERS"]
-    return Config(**values)
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            results[host] = None
+        except OSError as exc:
+            results[host] = exc.strerror or str(exc)
+
+    threads = [threading.Thread(target=resolve, args=(h,), daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    for host in hosts:
+        if host not in results:
+            problem = f"host {host!r} did not resolve within {timeout:.0f} s"
+        elif results[host] is not None:
+            problem = f"host {host!r} does not resolve ({results[host]})"
+        else:
+            continue
+        raise ConfigError(_describe("KAFKA_BOOTSTRAP_SERVERS", cfg.kafka_bootstrap_servers, problem, {}, "hosts that resolve"))
+
+
+def check_port_free(host: str, port: int, env: str, host_env: str) -> None:
+    """ConfigError if nothing can listen on host:port (taken, or an address not of this machine)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ConfigError(_describe(host_env, host, f"cannot listen there ({exc.strerror or exc})", {})) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
+        try:
+            s.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(_describe(env, port, f"{host}:{port} is already in use", {}, "a free port")) from None
+            raise ConfigError(_describe(host_env, host, f"cannot listen on {host}:{port} ({exc.strerror})", {},
+                                        "an address of this machine")) from None

@@ -10,44 +10,75 @@ from confluent_kafka import KafkaException
 
 from pipeline import config
 from pipeline.broker import BrokerError, EmbeddedBroker
-from pipeline.daemon import setup_logging, stop_event
+from pipeline.daemon import PARENT_ENV, setup_logging, stop_event
 from pipeline.schema import TOPICS
 
-# Options that override an environment variable for this process and every child it starts.
-OPTIONS = (
-    ("--rooms", "ROOMS", int, "number of simulated rooms"),
-    ("--devices", "DEVICES", int, "number of devices reporting system usage (the first is this machine)"),
-    ("--rate", "RATE", float, "readings per second per sensor"),
-    ("--partitions", "PARTITIONS", int, "partitions per topic created by topic admin"),
-)
+# Options that override an environment variable for this process and every child it starts,
+# validated like the variable itself.
+OPTIONS = {
+    "--rooms": ("ROOMS", "number of simulated rooms"),
+    "--devices": ("DEVICES", "number of devices reporting system usage (the first is this machine)"),
+    "--rate": ("RATE", "readings per second per sensor"),
+    "--partitions": ("PARTITIONS", "partitions per topic created by topic admin"),
+}
+# The options each command honours.
+COMMAND_OPTIONS = {
+    "all": ("--rooms", "--devices", "--rate", "--partitions"),
+    "admin": ("--partitions",),
+    "producer": ("--rooms", "--devices", "--rate"),
+    "consumer": (),
+    "broker": (),
+}
 
 
 def parser() -> argparse.ArgumentParser:
     defaults = {s.env: s.default for s in config.SETTINGS}
-    common = argparse.ArgumentParser(add_help=False)
-    for flag, env, kind, text in OPTIONS:
-        common.add_argument(flag, type=kind, metavar="N", help=f"{text} (env {env}, default {os.environ.get(env) or defaults[env]})")
     p = argparse.ArgumentParser(
         prog="python -m pipeline.run",
         description="Simulated sensors -> Kafka -> store. Settings come from environment variables (see README); options override them.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    a = sub.add_parser("all", parents=[common], help="broker (embedded unless KAFKA_BOOTSTRAP_SERVERS is set), topics, producers, writers and the dashboard, supervised")
-    a.add_argument("--no-dashboard", action="store_true", help="leave the Dash app out")
-    sub.add_parser("admin", parents=[common], help="create the topics and dead-letter topics that are missing")
-    sub.add_parser("producer", parents=[common], help="one producer daemon").add_argument("topic", choices=list(TOPICS))
-    sub.add_parser("consumer", parents=[common], help="one store writer daemon (consumer group store-writer.TOPIC)").add_argument("topic", choices=list(TOPICS))
-    sub.add_parser("broker", parents=[common], help="the embedded Kafka-protocol broker alone, in the foreground")
+    helps = {
+        "all": "broker (embedded unless KAFKA_BOOTSTRAP_SERVERS is set), topics, producers, writers and the dashboard, supervised",
+        "admin": "create the topics and dead-letter topics that are missing",
+        "producer": "one producer daemon",
+        "consumer": "one store writer daemon (consumer group store-writer.TOPIC)",
+        "broker": "the embedded Kafka-protocol broker alone, in the foreground",
+    }
+    commands = {}
+    for command, flags in COMMAND_OPTIONS.items():
+        commands[command] = c = sub.add_parser(command, help=helps[command], description=helps[command])
+        for flag in flags:
+            env, text = OPTIONS[flag]
+            c.add_argument(flag, metavar="N", help=f"{text} (env {env}, default {os.environ.get(env) or defaults[env]})")
+    commands["all"].add_argument("--no-dashboard", action="store_true", help="leave the Dash app out")
+    commands["producer"].add_argument("topic", choices=list(TOPICS))
+    commands["consumer"].add_argument("topic", choices=list(TOPICS))
     return p
+
+
+def startup(args: argparse.Namespace) -> config.Config:
+    """The validated configuration, written back to the environment for the children; exits 2 on a refused one."""
+    overrides = {OPTIONS[flag][0]: getattr(args, flag[2:], None) for flag in COMMAND_OPTIONS[args.command]}
+    flags = {OPTIONS[flag][0]: flag for flag in COMMAND_OPTIONS[args.command] if getattr(args, flag[2:], None) is not None}
+    cfg = config.load_or_exit(overrides, flags=flags)
+    for env, value in overrides.items():
+        if value is not None:
+            os.environ[env] = value
+    try:
+        # A supervised child's parent has checked these already: a DNS hiccup must not stop it for good.
+        if not os.environ.get(PARENT_ENV) and args.command != "broker":
+            config.check_bootstrap_resolves(cfg)
+        if args.command == "all" and not args.no_dashboard:
+            config.check_port_free(cfg.dash_host, cfg.dash_port, "DASH_PORT", "DASH_HOST")
+    except config.ConfigError as exc:
+        config.fail(str(exc))
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    for flag, env, _kind, _text in OPTIONS:
-        value = getattr(args, flag.lstrip("-"))
-        if value is not None:
-            os.environ[env] = str(value)
-    cfg = config.load()
+    cfg = startup(args)
     setup_logging(cfg)
     stop = stop_event(" ".join([args.command, getattr(args, "topic", "")]).strip())
     try:
