@@ -1,7 +1,7 @@
 """The time-range control: live, 1 h, 24 h, 7 d or custom dates."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from dash import Input, Output, dcc, html
 
@@ -11,7 +11,7 @@ LIVE_LEAD_MS = 60_000  # the live window reaches a minute ahead: clocks of senso
 
 
 def layout() -> html.Div:
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     return html.Div(
         className="controls",
         children=[
@@ -33,9 +33,9 @@ def window(choice: str, start_date: str | None, end_date: str | None, now_ms: in
         return now_ms - live_window_s * 1000, now_ms + LIVE_LEAD_MS
     if choice in SECONDS:
         return now_ms - SECONDS[choice] * 1000, now_ms
-    start = date.fromisoformat((start_date or "")[:10] or datetime.now(timezone.utc).date().isoformat())
+    start = date.fromisoformat((start_date or "")[:10] or datetime.now(UTC).date().isoformat())
     end = date.fromisoformat((end_date or "")[:10] or start.isoformat())
-    midnight = lambda d: int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp() * 1000)  # noqa: E731
+    midnight = lambda d: int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
     return midnight(min(start, end)), midnight(max(start, end) + timedelta(days=1))
 
 

@@ -26,10 +26,10 @@ class Services:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "Services":
+    def from_config(cls, cfg: Config) -> Services:
         return cls(cfg, open_store(cfg.store_url))
 
-    def start(self) -> "Services":
+    def start(self) -> Services:
         """Start the live consumer and the store health check (not at import: see __main__)."""
         self.feed = LiveFeed(self.cfg, self.ring, self.health)
         self.feed.start()

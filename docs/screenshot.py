@@ -20,11 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import config  # noqa: E402
-from pipeline.producer import sensors  # noqa: E402
-from pipeline.schema import TOPICS  # noqa: E402
-from pipeline.store import open_store  # noqa: E402
-from tests.helpers import free_port, stop_process, wait_for  # noqa: E402
+from pipeline import config
+from pipeline.producer import sensors
+from pipeline.schema import TOPICS
+from pipeline.store import open_store
+from tests.helpers import free_port, stop_process, wait_for
 
 
 def backfill(minutes: int) -> None:

@@ -45,7 +45,7 @@ class SystemUsage(Reading):
     memory_total: Annotated[int, Field(gt=0)]
 
     @model_validator(mode="after")
-    def _used_within_total(self) -> "SystemUsage":
+    def _used_within_total(self) -> SystemUsage:
         if self.memory_used > self.memory_total:
             raise ValueError(f"memory_used {self.memory_used} exceeds memory_total {self.memory_total}")
         return self

@@ -67,10 +67,10 @@ class Stack:
             return config.load()
 
     def spawn(self, *args: str, log_name: str | None = None) -> subprocess.Popen:
-        log = open(self.tmp / f"{log_name or '-'.join(args)}.log", "ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+        with open(self.tmp / f"{log_name or '-'.join(args)}.log", "ab") as log:  # the child keeps its own copy
+            return subprocess.Popen(
+                [sys.executable, "-m", *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
 
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")

@@ -1,9 +1,9 @@
 """The time-range control's windows."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dash_app.controls import LIVE_LEAD_MS, window
 
-NOW = int(datetime(2026, 11, 25, 12, tzinfo=timezone.utc).timestamp() * 1000)
+NOW = int(datetime(2026, 11, 25, 12, tzinfo=UTC).timestamp() * 1000)
 
 
 def test_fixed_ranges_end_now():
@@ -17,5 +17,5 @@ def test_live_window_reaches_slightly_ahead():
 
 def test_custom_dates_cover_whole_utc_days_in_either_order():
     start, end = window("custom", "2026-11-20", "2026-11-18T00:00:00", NOW, 300)
-    assert start == int(datetime(2026, 11, 18, tzinfo=timezone.utc).timestamp() * 1000)
-    assert end == int(datetime(2026, 11, 21, tzinfo=timezone.utc).timestamp() * 1000)
+    assert start == int(datetime(2026, 11, 18, tzinfo=UTC).timestamp() * 1000)
+    assert end == int(datetime(2026, 11, 21, tzinfo=UTC).timestamp() * 1000)

@@ -72,12 +72,12 @@ def assert_browser_equals_store(duo, store) -> int:
         assert xs == sorted(set(xs)), f"{chart_id} {meta}: duplicate or out-of-order points"
         spec = TOPICS[charts[chart_id].topic]
 
-        def stored():
+        def stored(spec=spec, key=key, xs=xs):
             rows = store.since(spec, xs[0], xs[-1] + 1)
             return rows[rows[spec.key] == key]["ts"].astype("int64").tolist()
 
         # The writers commit a batch at a time: wait until the store has caught up with the page.
-        wait_for(lambda: len(stored()) >= len(xs), 15, f"the store to catch up with {meta}")
+        wait_for(lambda xs=xs: len(stored()) >= len(xs), 15, f"the store to catch up with {meta}")
         assert xs == stored(), f"{chart_id} {meta}: browser and store differ"
         checked += len(xs)
     return checked

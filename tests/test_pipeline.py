@@ -143,7 +143,7 @@ def test_run_all_fills_the_store_and_stops_cleanly_on_ctrl_c(stack):
             def every_sensor_has_rows():
                 try:
                     have = {name: set(store.latest(spec)[spec.key]) for name, spec in TOPICS.items()}
-                except Exception:
+                except Exception:  # noqa: BLE001 - tables not created yet, store locked...: not yet
                     return False
                 return have["temperature"] >= set(room_names(4)) and have["humidity"] >= set(room_names(4)) and have["systemusage"] >= set(device_names(3))
 
@@ -155,7 +155,7 @@ def test_run_all_fills_the_store_and_stops_cleanly_on_ctrl_c(stack):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
         print(f"stopped in {time.monotonic() - stopped:.1f}s")
-        gone, alive = psutil.wait_procs(family, timeout=1)
+        _gone, alive = psutil.wait_procs(family, timeout=1)
         assert not alive, f"left behind: {alive}"
     finally:
         stop_process(proc, signal.SIGKILL)

@@ -1,4 +1,5 @@
 """Dummy data that looks like sensors: a daily cycle, smooth drift, small noise, sane ranges."""
+import itertools
 import statistics
 
 from pipeline.simulate import RoomClimate, SimulatedMachine, room_names
@@ -8,7 +9,7 @@ def test_room_climate_is_smooth_and_follows_a_daily_cycle():
     room = RoomClimate("kitchen")
     day = [room.read(t) for t in range(0, 86_400, 10)]
     temps = [t for t, _ in day]
-    steps = [abs(b - a) for a, b in zip(temps, temps[1:])]
+    steps = [abs(b - a) for a, b in itertools.pairwise(temps)]
     assert statistics.median(steps) < 0.2, "successive readings should differ a little, not jump"
     assert 1.0 < max(temps) - min(temps) < 12, "a day should swing by a few degrees"
     assert all(10 < t < 35 for t in temps) and all(0 <= h <= 100 for _, h in day)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -260,7 +260,7 @@ def test_range_raw_rows_inside_a_window_not_aligned_to_10s(store):
 
 @pytest.mark.parametrize("max_points", [20, 100])  # buckets of 15.8 s and 3.03 s over 300 s
 def test_range_downsamples_to_max_points_per_series(store, max_points):
-    wave = lambda i: 20.0 + (i * 7) % 23 + (i % 5) * 0.25  # noqa: E731
+    wave = lambda i: 20.0 + (i * 7) % 23 + (i % 5) * 0.25
     store.write(TEMP, temps("kitchen", BASE, 300, value=wave), RECEIVED)
     store.write(TEMP, temps("hall", BASE + 250, 300, value=lambda i: 40.0 + i % 11), RECEIVED)
     wait_count(store, TEMP, 600)
@@ -325,7 +325,7 @@ def test_time_zones_give_identical_results(store):
     store.write(TEMP, readings, RECEIVED)
     wait_count(store, TEMP, 80)
     start_ms, end_ms = BASE + 10 * SEC, BASE + 30 * SEC
-    utc = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    utc = datetime(1970, 1, 1, tzinfo=UTC)
     start_utc = utc + timedelta(milliseconds=start_ms)
     end_utc = utc + timedelta(milliseconds=end_ms)
     forms = {
