@@ -1,46 +1,147 @@
-/* Live charts for the sensor dashboard, all in the browser: no server callback per point.
+/* The live charts' browser side: one socket, one frame in flight, drawn through Dash props.
  *
- * The server pushes frames over /ws/live; each frame holds every point after the client's
- * cursor ("<epoch>:<seq>") up to its own `to`. The dash-extensions WebSocket component passes
- * only its newest `message` to callbacks, so frames that arrive while the page is busy would be
- * lost (emilhe/dash-extensions#214). We therefore queue every frame of the live socket here and
- * use the `message` prop only as a doorbell: `drain` takes the whole queue each time.
+ * The server (dash_app/live.py) sends a frame with everything after the page's cursor; the page
+ * draws it and answers "<n> <cursor>"; only then does the next frame come. Each series arrives
+ * bucketed to about one pixel column: closed buckets as their lowest, highest and last reading,
+ * then a provisional `tail` for the open bucket that the next frame replaces. So a lone reading
+ * is drawn at once, and however fast readings come a chart holds a few points per pixel column.
  *
- * Drawing is the expensive part: every extendData redraws the whole SVG chart. So `drain` never
- * redraws sooner than 1.5 times the time recent redraws took (measured), and a short interval
- * picks up frames it left queued. A point arriving at a quiet moment is drawn at once; under load
- * the browser spends at most about two thirds of its time drawing, and frames share a redraw.
+ * State lives in Dash props: the charts' `figure`, the `live-state` store (which history load
+ * the stream continues, its cursor, how many tail points each trace holds), the `latest` store
+ * (the cards), the socket's `url` (it also records when it was last opened).
  */
 (function () {
   "use strict";
-  const state = {
-    frames: [], socket: null, cursor: null, loaded: null, live: false, traces: {},
-    latest: {}, health: {}, gap: false, attempts: 0, lastAttempt: 0, lastReload: 0,
-    lastDraw: 0, drawMs: 0,
-  };
-  window.dashLive = state; // tests and curious analysts can look inside
+  const RECONNECT_MS = 1000;
+  const RELOAD_MS = 2000;
+  const noUpdate = () => window.dash_clientside.no_update;
 
-  const NativeWebSocket = window.WebSocket;
-  class QueuedWebSocket extends NativeWebSocket {
-    constructor(url, protocols) {
-      super(url, protocols);
-      if (String(url).indexOf("/ws/live") >= 0) {
-        state.socket = this;
-        this.addEventListener("message", (event) => state.frames.push(event.data));
-      }
-    }
-  }
-  window.WebSocket = QueuedWebSocket;
-
-  const seqOf = (cursor) => Number(String(cursor).split(":")[1]);
-  const epochOf = (cursor) => String(cursor).split(":")[0];
-
-  function socketUrl(cursor) {
-    state.attempts += 1;
-    state.lastAttempt = Date.now();
+  function socketUrl(since, load) {
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-    return scheme + window.location.host + "/ws/live?since=" + encodeURIComponent(cursor) + "&attempt=" + state.attempts;
+    const query = new URLSearchParams({ since: since, load: String(load), opened: String(Date.now()) });
+    return scheme + window.location.host + "/ws/live?" + query;
   }
+
+  function urlParam(url, name) {
+    return url ? new URL(url).searchParams.get(name) : null;
+  }
+
+  /* A trace with its old tail replaced by `points`: [xs, ys, tail]. Points at or before the
+   * trace's last kept x are already drawn (the history overlaps the first frame), so they are
+   * skipped. Returns the new trace and how many tail points it now holds. */
+  function extendTrace(trace, oldTail, points, cutoff) {
+    const [xs, ys, tail] = points;
+    const keep = trace.x.length - oldTail;
+    let start = 0;
+    while (start < keep && trace.x[start] < cutoff) start += 1; // the live window moved on
+    const x = trace.x.slice(start, keep);
+    const y = trace.y.slice(start, keep);
+    const last = x.length ? x[x.length - 1] : -Infinity;
+    let newTail = 0;
+    xs.forEach((t, i) => {
+      if (t <= last) return;
+      x.push(t);
+      y.push(ys[i]);
+      if (i >= xs.length - tail) newTail += 1;
+    });
+    return [Object.assign({}, trace, { x: x, y: y }), newTail];
+  }
+
+  /* Draw one frame's traces into the charts; null where a chart has nothing new. */
+  function drawFrame(frame, figures, chartIds, tails, config) {
+    let unknown = false;
+    const cutoff = Date.now() - config.windowMs;
+    const out = figures.map((figure, c) => {
+      const chart = config.charts[chartIds[c]];
+      const series = frame.traces[chart.topic];
+      if (!figure || !series) return null;
+      const index = {};
+      figure.data.forEach((trace, i) => { index[trace.meta] = i; });
+      const chartTails = tails[chartIds[c]] || (tails[chartIds[c]] = {});
+      let data = null;
+      for (const [meta, points] of Object.entries(series)) {
+        if (!chart.fields.includes(meta.split("|")[1])) continue;
+        const i = index[meta];
+        if (i === undefined) { unknown = true; continue; }
+        data = data || figure.data.slice();
+        [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff);
+      }
+      return data && Object.assign({}, figure, { data: data });
+    });
+    return { figures: out, unknown: unknown };
+  }
+
+  window.dash_clientside = Object.assign({}, window.dash_clientside, {
+    live: {
+      /* Open the socket after each history load, from the cursor that history ends at; reopen
+       * it from the stream's own cursor when it closed. */
+      connect: function (cursor, _tick, wsState, url, liveState) {
+        if (!cursor) return noUpdate();
+        if (urlParam(url, "load") !== String(cursor.load)) return socketUrl(cursor.cursor, cursor.load);
+        const closed = !wsState || wsState.readyState === WebSocket.CLOSED;
+        if (!closed || Date.now() - Number(urlParam(url, "opened")) < RECONNECT_MS) return noUpdate();
+        const since = liveState && liveState.load === cursor.load ? liveState.cursor : cursor.cursor;
+        return socketUrl(since, cursor.load);
+      },
+
+      /* Each frame: draw it, merge the cards' values, pass on the status, and ask for the next. */
+      frame: function (message, figures, liveState, cursor, latest, health, reload, config) {
+        const ctx = window.dash_clientside.callback_context;
+        const chartIds = ctx.states_list[0].map((s) => s.id.id);
+        const none = [figures.map(noUpdate), noUpdate(), noUpdate(), noUpdate(), noUpdate(), noUpdate()];
+        if (!message || !cursor) return none;
+        const frame = JSON.parse(message.data);
+        const reloadOut = (wanted) => (wanted && Date.now() - (reload || 0) > RELOAD_MS ? Date.now() : noUpdate());
+        if (frame.reset) return none.slice(0, 5).concat([reloadOut(true)]); // the cursor is gone: new history
+        const same = liveState && liveState.load === cursor.load;
+        const expected = same ? liveState.cursor : cursor.cursor;
+        if (frame.from !== expected) return none; // from a socket this page has already left
+        // A new connection starts its buckets afresh: what the last one drew stays drawn.
+        const tails = same && frame.n > 0 ? JSON.parse(JSON.stringify(liveState.tails)) : {};
+        let drawn = { figures: figures.map(() => null), unknown: false };
+        if (cursor.live) drawn = drawFrame(frame, figures, chartIds, tails, config);
+
+        let merged = null;
+        for (const [id, item] of Object.entries(frame.latest)) {
+          const prev = (latest || {})[id];
+          if (!prev) drawn.unknown = true; // a new sensor: its card and traces come with a history load
+          if (!prev || item.ts > prev.ts) (merged = merged || Object.assign({}, latest))[id] = item;
+        }
+        const healthChanged = JSON.stringify(frame.status) !== JSON.stringify(health);
+        const storeBack = cursor.error && frame.status.store;
+        return [
+          drawn.figures.map((f) => f || noUpdate()),
+          frame.n + " " + frame.to,
+          { load: cursor.load, cursor: frame.to, tails: tails },
+          merged || noUpdate(),
+          healthChanged ? frame.status : noUpdate(),
+          reloadOut(drawn.unknown || storeBack),
+        ];
+      },
+
+      cards: function (_tick, _shells, latest, config) {
+        const ctx = window.dash_clientside.callback_context;
+        const ids = ctx.outputs_list[0].map((o) => o.id.id);
+        const now = Date.now();
+        const values = ids.map((id) => {
+          const item = (latest || {})[id];
+          const fields = item && config ? config.cards[item.topic] : null;
+          if (!item || !fields) return "–";
+          return fields.map(([field, label, unit, scale, digits]) => label + (item[field] * scale).toFixed(digits) + unit).join(" · ");
+        });
+        const ages = ids.map((id) => ((latest || {})[id] ? formatAge(now - latest[id].ts) : ""));
+        return [values, ages];
+      },
+
+      badge: function (wsState, health, cursor) {
+        const open = wsState && wsState.readyState === WebSocket.OPEN;
+        if (!open) return [cursor ? "reconnecting" : "connecting", "badge badge-wait"];
+        if (health && health.broker === false) return ["broker unreachable", "badge badge-down"];
+        if (health && health.store === false) return ["store unreachable", "badge badge-down"];
+        return ["live", "badge badge-live"];
+      },
+    },
+  });
 
   function formatAge(ms) {
     const s = Math.max(0, Math.round(ms / 1000));
@@ -49,183 +150,4 @@
     if (s < 86400) return Math.round(s / 3600) + " h ago";
     return Math.round(s / 86400) + " d ago";
   }
-
-  const noUpdate = () => window.dash_clientside.no_update;
-  const MIN_GAP_MS = 40;
-  const MAX_GAP_MS = 1000;
-
-  /* Every chart update goes through Plotly.extendTraces (dcc.Graph's extendData). We wrap it to
-   * time each redraw until it is done, and to drop points a trace already holds: dcc.Graph
-   * re-applies a queued extendData when the next one arrives before the first finished drawing
-   * (it clears its queue only after the redraw), which would draw those points twice. Each
-   * series arrives in time order, so a point at or before its trace's last x is already drawn.
-   * The same check covers a frame that overlaps the history it follows. */
-  function newPoints(gd, update, indices) {
-    const fresh = {};
-    let any = false;
-    for (const key of Object.keys(update)) fresh[key] = [];
-    indices.forEach((index, k) => {
-      const x = (gd.data[index] || {}).x || [];
-      let last = x.length ? Number(x[x.length - 1]) : -Infinity;
-      const keep = update.x[k].map((v) => {
-        if (Number(v) <= last) return false;
-        last = Number(v);
-        return true;
-      });
-      any = any || keep.some(Boolean);
-      for (const key of Object.keys(update)) fresh[key].push(update[key][k].filter((_, j) => keep[j]));
-    });
-    return any ? fresh : null;
-  }
-
-  function wrapExtendTraces(Plotly) {
-    if (!Plotly || !Plotly.extendTraces || Plotly.extendTraces.wrapped) return;
-    const original = Plotly.extendTraces;
-    const wrapped = function (gd, update, indices, maxPoints) {
-      const root = typeof gd === "string" ? document.getElementById(gd) : gd;
-      if (root && root.data && update && update.x && Array.isArray(indices)) {
-        update = newPoints(root, update, indices);
-        if (!update) return Promise.resolve(root); // nothing new: skip the redraw
-      }
-      const start = performance.now();
-      const done = () => { state.drawMs = 0.7 * state.drawMs + 0.3 * (performance.now() - start); };
-      const result = original.call(this, gd, update, indices, maxPoints);
-      if (result && result.then) result.then(done, done); else done();
-      return result;
-    };
-    wrapped.wrapped = true;
-    Plotly.extendTraces = wrapped;
-  }
-
-  // dcc.Graph loads plotly.js on demand, after this file: wrap it the moment it is assigned.
-  let plotly = window.Plotly;
-  Object.defineProperty(window, "Plotly", {
-    configurable: true,
-    get: () => plotly,
-    set: (value) => { plotly = value; wrapExtendTraces(value); },
-  });
-  wrapExtendTraces(plotly);
-
-  window.dash_clientside = Object.assign({}, window.dash_clientside, {
-    live: {
-      /* Open the socket after each history load, from the cursor the history ends at; reopen
-       * it from our own cursor when it closed or a frame went missing. */
-      connect: function (cursor, _tick, wsState) {
-        if (!cursor) return noUpdate();
-        if (cursor.load !== state.loaded) {
-          state.loaded = cursor.load;
-          state.cursor = cursor.cursor;
-          state.live = cursor.live;
-          state.traces = cursor.traces;
-          state.frames = [];
-          state.gap = false;
-          return socketUrl(state.cursor);
-        }
-        const closed = !wsState || wsState.readyState === NativeWebSocket.CLOSED;
-        if ((closed || state.gap) && Date.now() - state.lastAttempt > 1000) {
-          state.gap = false;
-          return socketUrl(state.cursor);
-        }
-        return noUpdate();
-      },
-
-      /* Apply every queued frame in order; append chart points with extendData. */
-      drain: function (_message, _tick, cursor, config) {
-        const ctx = window.dash_clientside.callback_context;
-        const chartIds = ctx.outputs_list[0].map((o) => o.id.id);
-        const idle = [chartIds.map(noUpdate), noUpdate(), noUpdate()];
-        const gap = Math.min(MAX_GAP_MS, Math.max(MIN_GAP_MS, 1.5 * state.drawMs));
-        if (!state.frames.length || performance.now() - state.lastDraw < gap) return idle;
-        // A new history has reached the charts but `connect` has not taken its cursor yet: points
-        // drained now would be measured against the old history, and dcc.Graph applies extendData
-        // queued behind a new figure on top of it, drawing them twice. Wait for `connect`.
-        if (!cursor || cursor.load !== state.loaded) return idle;
-        const adds = {};
-        let reload = false;
-        const health = JSON.stringify(state.health);
-        for (const raw of state.frames.splice(0)) {
-          const frame = JSON.parse(raw);
-          if (frame.reset) { reload = true; continue; }
-          state.health = frame.status;
-          if (frame.from !== state.cursor) {
-            const old = epochOf(frame.to) === epochOf(state.cursor) && seqOf(frame.to) <= seqOf(state.cursor);
-            if (!old) state.gap = true; // a frame went missing: reconnect from our cursor
-            continue;
-          }
-          state.cursor = frame.to;
-          for (const [topic, rows] of Object.entries(frame.rows)) {
-            const columns = config.topics[topic];
-            for (const row of rows) {
-              const id = topic + "|" + row[1];
-              const prev = state.latest[id];
-              if (!prev || row[0] >= prev.ts) {
-                const item = { ts: row[0], topic: topic, key: row[1] };
-                columns.forEach((c, i) => { if (i > 1) item[c] = row[i]; });
-                state.latest[id] = item;
-                if (!prev) reload = true; // a new sensor: its card and traces come with history
-              }
-            }
-            if (!state.live) continue;
-            for (const chart of config.charts) {
-              if (chart.topic !== topic) continue;
-              const traces = state.traces[chart.id];
-              for (const row of rows) {
-                chart.fields.forEach((field, f) => {
-                  const meta = row[1] + "|" + field;
-                  const index = traces[meta];
-                  if (index === undefined) { reload = true; return; }
-                  const add = adds[chart.id] || (adds[chart.id] = {});
-                  const trace = add[index] || (add[index] = { x: [], y: [] });
-                  trace.x.push(row[0]);
-                  trace.y.push(row[chart.columns[f]]);
-                });
-              }
-            }
-          }
-        }
-        if (cursor && cursor.error && state.health.store) reload = true; // the store is back
-        const extend = chartIds.map((id) => {
-          const add = adds[id];
-          if (!add) return noUpdate();
-          const indices = Object.keys(add).map(Number);
-          return [{ x: indices.map((i) => add[i].x), y: indices.map((i) => add[i].y) }, indices, config.maxPoints];
-        });
-        if (Object.keys(adds).length) state.lastDraw = performance.now();
-        let reloadOut = noUpdate();
-        if (reload && Date.now() - state.lastReload > 2000) {
-          state.lastReload = Date.now();
-          reloadOut = state.lastReload;
-        }
-        const healthOut = JSON.stringify(state.health) === health ? noUpdate() : Object.assign({}, state.health);
-        return [extend, reloadOut, healthOut];
-      },
-
-      cards: function (latest, _tick, config) {
-        const ctx = window.dash_clientside.callback_context;
-        const ids = ctx.outputs_list[0].map((o) => o.id.id);
-        if (latest) {
-          for (const [id, item] of Object.entries(latest)) {
-            const prev = state.latest[id];
-            if (!prev || item.ts > prev.ts) state.latest[id] = item;
-          }
-        }
-        const values = ids.map((id) => {
-          const item = state.latest[id];
-          const fields = item && config ? config.cards[item.topic] : null;
-          if (!item || !fields) return "–";
-          return fields.map(([field, label, unit, scale, digits]) => label + (item[field] * scale).toFixed(digits) + unit).join(" · ");
-        });
-        const ages = ids.map((id) => (state.latest[id] ? formatAge(Date.now() - state.latest[id].ts) : ""));
-        return [values, ages];
-      },
-
-      badge: function (wsState, health) {
-        const open = wsState && wsState.readyState === NativeWebSocket.OPEN;
-        if (!open) return [state.loaded ? "reconnecting" : "connecting", "badge badge-wait"];
-        if (health && health.broker === false) return ["broker unreachable", "badge badge-down"];
-        if (health && health.store === false) return ["store unreachable", "badge badge-down"];
-        return ["live", "badge badge-live"];
-      },
-    },
-  });
 })();

@@ -9,7 +9,7 @@ from flask import request
 from flask_sock import Sock
 
 from dash_app import cards, controls, graphs, status
-from dash_app.live import serve_frames
+from dash_app.live import hang_up, serve_frames
 from dash_app.services import Services
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
@@ -26,6 +26,7 @@ def create_app(services: Services) -> Dash:
             # Plumbing: the socket, what the history load hands to the live path, a 1 s tick.
             WebSocket(id="ws"),
             dcc.Store(id="cursor"),
+            dcc.Store(id="live-state"),
             dcc.Store(id="reload", data=0),
             dcc.Store(id="latest"),
             dcc.Store(id="health"),
@@ -40,8 +41,13 @@ def create_app(services: Services) -> Dash:
 
     sock = Sock(app.server)
 
+    bucket_ms = services.cfg.live_window_s * 1000 // services.cfg.live_buckets
+
     @sock.route("/ws/live")
     def live(ws):
-        serve_frames(ws, services.ring, services.health, request.args.get("since"), services.cfg.frame_ms / 1000)
+        try:
+            serve_frames(ws, services.ring, services.health, request.args.get("since"), bucket_ms)
+        finally:
+            hang_up(ws)
 
     return app

@@ -36,6 +36,7 @@ def register(app) -> None:
         ClientsideFunction("live", "cards"),
         Output({"type": "card-value", "id": ALL}, "children"),
         Output({"type": "card-age", "id": ALL}, "children"),
-        Input("latest", "data"), Input("tick", "n_intervals"),
-        State("live-config", "data"),
+        # Once a second (the ages move on), and when a history load brings new card shells.
+        Input("tick", "n_intervals"), Input("cards", "children"),
+        State("latest", "data"), State("live-config", "data"),
     )

@@ -20,25 +20,17 @@ CHART_IDS = {c.id: c for c in CHARTS}
 def layout() -> html.Div:
     return html.Div(
         className="charts",
-        children=[dcc.Graph(id={"type": "chart", "id": c.id}, className="chart", config={"displaylogo": False}) for c in CHARTS]
-        # Picks up frames that arrived while the browser was still drawing (see assets/live.js).
-        + [dcc.Interval(id="drain-tick", interval=50)],
+        children=[dcc.Graph(id={"type": "chart", "id": c.id}, className="chart", config={"displaylogo": False}) for c in CHARTS],
     )
 
 
 def live_config(services: Services) -> dict:
-    """What assets/live.js needs to route frame rows to traces and format the cards."""
-    charts = []
-    for c in CHARTS:
-        columns = TOPICS[c.topic].series_columns
-        charts.append({"id": c.id, "topic": c.topic, "fields": list(c.fields), "columns": [columns.index(f) for f in c.fields]})
-    topics = {name: list(spec.series_columns) for name, spec in TOPICS.items()}
-    return {"charts": charts, "topics": topics, "cards": cards.CARD_FIELDS, "maxPoints": services.cfg.live_max_points}
-
-
-def trace_positions(figures: dict) -> dict:
-    """Per chart: series id -> trace index, how live points find their trace."""
-    return {chart_id: {t.meta: i for i, t in enumerate(fig.data)} for chart_id, fig in figures.items()}
+    """What assets/live.js needs to route frames to traces and format the cards."""
+    return {
+        "charts": {c.id: {"topic": c.topic, "fields": list(c.fields)} for c in CHARTS},
+        "cards": cards.CARD_FIELDS,
+        "windowMs": services.cfg.live_window_s * 1000,
+    }
 
 
 def _axis_ms(x) -> int:
@@ -65,12 +57,14 @@ def register(app, services: Services) -> None:
     def load(choice, start_date, end_date, _reload):
         start, end = controls.window(choice, start_date, end_date, int(time.time() * 1000), cfg.live_window_s)
         live = choice == "live"
-        snap = history.snapshot(services.store, services.ring, services.health, start, end, cfg.live_max_points, with_ring=live)
+        # Live charts are drawn at one bucket per pixel column (LIVE_BUCKETS); so is their history.
+        points = cfg.live_buckets if live else cfg.live_max_points
+        snap = history.snapshot(services.store, services.ring, services.health, start, end, points, with_ring=live)
         note = "store unreachable: showing live points only" if snap.error else None
         figures = {c.id: line_figure(c, snap.frames[c.topic], note) for c in CHARTS}
         latest = history.latest(services.store, snap.ring_frames)
         # `load` tells the page this is a new history even when the stream has not moved since.
-        cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "traces": trace_positions(figures), "error": snap.error}
+        cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "error": snap.error}
         return [figures[c.id] for c in CHARTS], cursor, latest, cards.render(latest), services.health.as_dict()
 
     @app.callback(
@@ -108,15 +102,19 @@ def register(app, services: Services) -> None:
         ClientsideFunction("live", "connect"),
         Output("ws", "url"),
         Input("cursor", "data"), Input("tick", "n_intervals"),
-        State("ws", "state"),
+        State("ws", "state"), State("ws", "url"), State("live-state", "data"),
     )
-    # Points reach the charts here, in the browser. Cards read the same state on the 1 s tick.
+    # Points reach the charts here, in the browser: no server callback runs per point.
     app.clientside_callback(
-        ClientsideFunction("live", "drain"),
-        Output({"type": "chart", "id": ALL}, "extendData"),
-        Output("reload", "data"),
+        ClientsideFunction("live", "frame"),
+        Output({"type": "chart", "id": ALL}, "figure", allow_duplicate=True),
+        Output("ws", "send"),
+        Output("live-state", "data"),
+        Output("latest", "data", allow_duplicate=True),
         Output("health", "data", allow_duplicate=True),
-        Input("ws", "message"), Input("drain-tick", "n_intervals"),
-        State("cursor", "data"), State("live-config", "data"),
+        Output("reload", "data"),
+        Input("ws", "message"),
+        State({"type": "chart", "id": ALL}, "figure"), State("live-state", "data"), State("cursor", "data"),
+        State("latest", "data"), State("health", "data"), State("reload", "data"), State("live-config", "data"),
         prevent_initial_call=True,
     )

@@ -2,15 +2,16 @@
 
 The dashboard process reads every reading in a consumer group of its own (pub/sub). On each
 assignment it seeks by time: to just before the process started, or after a broker restart to
-the last point it saw, so no reading falls between the store and the ring. Each point gets a sequence number; a client asks for everything after its
-cursor, so a dropped frame or connection is repaired by reconnecting from that cursor. The
-cursor carries the ring's epoch (one per process): after a restart, an old cursor means
-"reload history", never a silent hole.
+the last point it saw, so no reading falls between the store and the ring. Each point gets a
+sequence number; a page asks for everything after its cursor, so a dropped connection is
+repaired by reconnecting from that cursor. The cursor carries the ring's epoch (one per
+process): after a restart, an old cursor means "reload history", never a silent hole.
 """
 from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from collections import deque
 from typing import Any
 
 from confluent_kafka import OFFSET_END, KafkaError, KafkaException, TopicPartition
+from simple_websocket import ConnectionClosed
 
 from pipeline import kafka
 from pipeline.config import Config
@@ -25,6 +27,7 @@ from pipeline.schema import TOPICS, InvalidMessage, validate
 
 log = logging.getLogger("dash_app.live")
 HEARTBEAT_S = 1.0  # idle connections still get a frame this often: it carries the status
+ACK_TIMEOUT_S = 60  # a page that has not answered a frame for this long is gone
 START_MARGIN_MS = 10_000  # the ring starts this long before the process did
 
 
@@ -96,7 +99,7 @@ class Health:
 
 
 def row_of(spec, reading) -> list:
-    """A reading as the frame row the page expects (spec.series_columns)."""
+    """A reading as a ring row: spec.series_columns (ts, key, numeric fields)."""
     return [getattr(reading, c) for c in spec.series_columns]
 
 
@@ -127,7 +130,10 @@ class LiveFeed(threading.Thread):
         try:
             while not self.stopping.is_set():
                 batch = []
-                for msg in consumer.consume(num_messages=1000, timeout=0.05):
+                # Block for the first message only, then take what has already arrived: a
+                # lone reading goes straight on instead of waiting out a batch timeout.
+                first = consumer.poll(0.1)
+                for msg in [first, *consumer.consume(num_messages=10_000, timeout=0)] if first else ():
                     if msg.error():
                         continue
                     spec = TOPICS[msg.topic()]
@@ -166,7 +172,7 @@ class LiveFeed(threading.Thread):
             if not self.health.broker_ok:
                 log.info("broker reachable again")
             self.health.broker_ok = True
-        except Exception as exc:  # KafkaException: no broker answered in time
+        except KafkaException as exc:  # no broker answered in time
             if self.health.broker_ok:
                 log.warning("broker unreachable: %s", exc)
             self.health.broker_ok = False
@@ -175,30 +181,118 @@ class LiveFeed(threading.Thread):
         self.stopping.set()
 
 
-def serve_frames(ws, ring: Ring, health: Health, since: str | None, frame_s: float) -> None:
-    """Push frames to one websocket until it closes.
+class Buckets:
+    """One connection's view of every series at the resolution a chart can draw.
 
-    A point is sent at once when no frame went out in the last `frame_s`; while one did, points
-    wait and share the next frame. Each frame says which cursor span it covers, so the page can
-    tell a lost frame from a late one.
+    Time is cut into buckets of `width_ms` (about one pixel column of a live chart). Of each
+    bucket a trace keeps the readings a person can see: its lowest, highest and last. A series
+    slower than one reading per bucket thus stays raw, a faster one costs at most three points
+    per pixel column however fast it comes. The open (newest) bucket is sent as a provisional
+    tail that the page replaces with the next one, so the newest reading shows at once.
     """
-    number, last_sent = 0, 0.0
+
+    def __init__(self, width_ms: int):
+        self.width = max(1, width_ms)
+        self.open: dict[tuple[str, str], list] = {}  # (topic, "key|field") -> [bucket, low, high, last]
+
+    def add(self, rows: dict[str, list]) -> dict[str, dict[str, list]]:
+        """Rows by topic -> {topic: {"key|field": [xs, ys, tail]}}: closed-bucket points, then the
+        open bucket's `tail` points, for each series that changed."""
+        out: dict[str, dict[str, list]] = {}
+        for topic, topic_rows in rows.items():
+            numeric = TOPICS[topic].numeric
+            closed: dict[str, list] = {}
+            for row in topic_rows:
+                ts, key = row[0], row[1]
+                bucket = ts // self.width
+                for i, field in enumerate(numeric, start=2):
+                    point = (ts, row[i])
+                    meta = f"{key}|{field}"
+                    state = self.open.get((topic, meta))
+                    if state is not None and (bucket < state[0] or ts <= state[3][0]):
+                        continue  # already seen (the feed re-reads from its last point after a rebalance)
+                    if state is None or bucket > state[0]:
+                        if state is not None:
+                            closed.setdefault(meta, []).extend(_shown(state))
+                        self.open[(topic, meta)] = [bucket, point, point, point]
+                    else:
+                        if point[1] < state[1][1]:
+                            state[1] = point
+                        if point[1] > state[2][1]:
+                            state[2] = point
+                        state[3] = point
+                    closed.setdefault(meta, [])
+            series = out.setdefault(topic, {})
+            for meta, points in closed.items():
+                tail = _shown(self.open[(topic, meta)])
+                points = points + tail
+                series[meta] = [[p[0] for p in points], [p[1] for p in points], len(tail)]
+        return {topic: series for topic, series in out.items() if series}
+
+
+def _shown(state: list) -> list[tuple[int, float]]:
+    """A bucket's lowest, highest and last readings, in time order, each once."""
+    return sorted({state[1], state[2], state[3]})
+
+
+def latest_of(rows: dict[str, list]) -> dict[str, dict]:
+    """The newest row per sensor, as the cards want it: {"topic|key": {"ts", "topic", "key", fields...}}."""
+    latest: dict[str, dict] = {}
+    for topic, topic_rows in rows.items():
+        numeric = TOPICS[topic].numeric
+        for row in topic_rows:
+            ident = f"{topic}|{row[1]}"
+            if ident not in latest or row[0] > latest[ident]["ts"]:
+                latest[ident] = {"ts": row[0], "topic": topic, "key": row[1], **dict(zip(numeric, row[2:]))}
+    return latest
+
+
+def serve_frames(ws, ring: Ring, health: Health, since: str | None, bucket_ms: int) -> None:
+    """Stream frames to one page until it goes away: one frame in flight at a time.
+
+    A frame holds everything after the page's cursor, bucketed (see Buckets). The page answers
+    each frame once it has drawn it, with "<n> <cursor>"; only then does the next frame go out.
+    So a lone reading is sent the moment it arrives, and under load the points that arrive
+    while the page draws share the next frame: the page's drawing speed paces the stream and
+    nothing queues anywhere. Idle pages still get a frame every HEARTBEAT_S (it carries the status).
+    """
     try:
         seq = ring.parse(since) if since else ring.head
     except Gap as exc:
         ws.send(json.dumps({"reset": str(exc)}))
         return
+    buckets, number = Buckets(bucket_ms), 0
     while True:
         ring.wait(seq, HEARTBEAT_S)
-        pause = frame_s - (time.monotonic() - last_sent)
-        if pause > 0:
-            time.sleep(pause)
         try:
             rows, head = ring.since(seq)
         except Gap as exc:
             ws.send(json.dumps({"reset": str(exc)}))
             return
-        number += 1
-        frame: dict[str, Any] = {"n": number, "from": f"{ring.epoch}:{seq}", "to": f"{ring.epoch}:{head}", "rows": rows, "status": health.as_dict()}
-        ws.send(json.dumps(frame))
-        seq, last_sent = head, time.monotonic()
+        frame: dict[str, Any] = {
+            "n": number, "from": f"{ring.epoch}:{seq}", "to": f"{ring.epoch}:{head}",
+            "traces": buckets.add(rows), "latest": latest_of(rows), "status": health.as_dict(),
+        }
+        ws.send(json.dumps(frame, separators=(",", ":")))
+        number, seq = number + 1, head
+        if ws.receive(timeout=ACK_TIMEOUT_S) is None:
+            log.info("a page did not answer a frame in %ds; closing its socket", ACK_TIMEOUT_S)
+            return
+
+
+def hang_up(ws) -> None:
+    """Close a live socket so that nothing follows the close handshake.
+
+    Under Werkzeug, flask-sock writes an HTTP response onto the connection after the handler
+    returns; a browser still reading it logs "Invalid frame header". So finish the close
+    handshake, then shut the TCP connection: that late write meets a closed pipe instead.
+    """
+    try:
+        ws.close()
+    except ConnectionClosed:
+        pass  # the page closed it
+    ws.thread.join(1.0)  # the handshake's last frame is out (or the peer vanished)
+    try:
+        ws.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
