@@ -101,6 +101,40 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence], title: str | N
         print("  ".join(c.rjust(w) if isinstance(v, (int, float)) and not isinstance(v, bool) else c.ljust(w) for c, w, v in zip(r, widths, raw)))
 
 
+# -- browser -------------------------------------------------------------------------------------
+# Headless Chromium as root on a machine without a network (DESIGN.md, "Browser tests").
+CHROME_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+)
+
+
+def browser():
+    """Debian's headless Chromium through chromedriver, with a fresh profile."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+
+    options = Options()
+    for flag in (*CHROME_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options)
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    """Poll until predicate() holds; an exception (a page not rendered yet) counts as no."""
+    def holds() -> bool:
+        try:
+            return bool(predicate())
+        except Exception:  # noqa: BLE001
+            return False
+
+    deadline = time.monotonic() + timeout
+    while not holds():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 # -- processes -----------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
