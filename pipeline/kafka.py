@@ -23,9 +23,9 @@ from pipeline.config import Config
 log = logging.getLogger(__name__)
 
 
-def _common(cfg: Config, client_id: str, on_error=None) -> dict:
+def _common(cfg: Config, client_id: str, on_error=None, bootstrap: str | None = None) -> dict:
     return {
-        "bootstrap.servers": cfg.bootstrap_servers,
+        "bootstrap.servers": bootstrap or cfg.bootstrap_servers,
         "client.id": client_id,
         # librdkafka logs every failed reconnect; error_cb summarizes them readably instead.
         "log_level": 2,
@@ -99,10 +99,11 @@ def _tick_all() -> None:
 _ticker = threading.Thread(target=_tick_all, name="kafka-errors", daemon=True)  # serves every ErrorSummary
 
 
-def producer(cfg: Config, client_id: str) -> Producer:
+def producer(cfg: Config, client_id: str, bootstrap: str | None = None) -> Producer:
+    """`bootstrap` overrides cfg.bootstrap_servers (a renewed embedded broker, see broker.py)."""
     return Producer(
         {
-            **_common(cfg, client_id),
+            **_common(cfg, client_id, bootstrap=bootstrap),
             "linger.ms": cfg.producer_linger_ms,
             "acks": "all",
             # Redelivered or re-sent readings are harmless: the store upserts on (ts, key) and the
@@ -114,10 +115,12 @@ def producer(cfg: Config, client_id: str) -> Producer:
     )
 
 
-def consumer(cfg: Config, group_id: str, client_id: str, *, offset_reset: str, on_error=None) -> Consumer:
+def consumer(cfg: Config, group_id: str, client_id: str, *, offset_reset: str, on_error=None,
+             bootstrap: str | None = None, overrides: dict | None = None) -> Consumer:
+    """`bootstrap` overrides cfg.bootstrap_servers; `overrides` replaces any setting below."""
     return Consumer(
         {
-            **_common(cfg, client_id, on_error),
+            **_common(cfg, client_id, on_error, bootstrap),
             "group.id": group_id,
             "auto.offset.reset": offset_reset,
             "enable.auto.commit": False,
@@ -127,6 +130,7 @@ def consumer(cfg: Config, group_id: str, client_id: str, *, offset_reset: str, o
             # librdkafka stops fetching for fetch.queue.backoff.ms (default 1000) each time its
             # prefetch queue is full: a writer catching up on a backlog idled up to 1 s at a time.
             "fetch.queue.backoff.ms": 20,
+            **(overrides or {}),
         }
     )
 
