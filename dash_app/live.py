@@ -122,7 +122,10 @@ class LiveFeed(threading.Thread):
 
     def run(self) -> None:
         consumer = kafka.consumer(
-            self.cfg, kafka.unique_group("dashboard"), "dashboard-live", offset_reset="latest", on_error=self._on_error
+            self.cfg, kafka.unique_group("dashboard"), "dashboard-live", offset_reset="latest", on_error=self._on_error,
+            # The embedded broker answers an empty fetch only when part of its wait has passed,
+            # not when data arrives: 20 ms gave p50 7 / max 14 ms broker to feed, 50 ms p50 19 / max 29.
+            overrides={"fetch.wait.max.ms": 20},
         )
         consumer.subscribe(list(TOPICS), on_assign=self._on_assign)
         log.info("live feed consuming %s from %s", ", ".join(TOPICS), self.cfg.bootstrap_servers)
