@@ -140,17 +140,42 @@ def admin(cfg: Config) -> AdminClient:
 
 
 def group_progress(bootstrap: str, topic: str, group: str, timeout: float = 10) -> tuple[int, int]:
-    """(committed, end): a group's committed offsets and the topic's high watermarks, summed.
+    """(committed, end): a group's committed offsets and the topic's end offsets, summed.
 
     The probe never subscribes, so it does not join (or disturb) the group.
     """
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 2})
     try:
         parts = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=timeout).topics[topic].partitions]
-        end = sum(probe.get_watermark_offsets(tp, timeout=timeout)[1] for tp in parts)
+        end = sum(end_offsets(probe, parts, timeout).values())
         return sum(max(0, tp.offset) for tp in probe.committed(parts, timeout=timeout)), end
     finally:
         probe.close()
+
+
+def end_offsets(probe: Consumer, parts: list[TopicPartition], timeout: float = 10) -> dict[int, int]:
+    """Each partition's true end offset (one past its last message).
+
+    Tansu answers a latest-offset query with the base offset of the partition's last record
+    batch + 1, short of the end by the rest of that batch; so the last batch is read to find
+    where it ends. (On Apache Kafka the read finds nothing past the watermark.) Uses `probe`'s
+    assignment.
+    """
+    ends = {tp.partition: probe.get_watermark_offsets(tp, timeout=timeout, cached=False)[1] for tp in parts}
+    pending = {p for p, hw in ends.items() if hw > 0}
+    if not pending:
+        return ends
+    probe.assign([TopicPartition(parts[0].topic, p, ends[p] - 1) for p in pending])
+    deadline = time.monotonic() + timeout
+    try:
+        while pending and time.monotonic() < deadline:
+            for msg in probe.consume(1000, timeout=0.2):
+                if msg.error() is None:
+                    ends[msg.partition()] = max(ends[msg.partition()], msg.offset() + 1)
+                    pending.discard(msg.partition())
+    finally:
+        probe.unassign()
+    return ends
 
 
 def unique_group(prefix: str) -> str:
