@@ -4,10 +4,18 @@ It keeps everything in memory, so the store, not the broker, holds the history. 
 handles the traps measured in DESIGN.md: a second broker on a taken port panics yet exits 0
 (so readiness is proved by our own cluster id answering), a crashed parent leaves the broker
 running (so a pidfile lets the next start remove it), and it may take seconds to stop.
+
+Renewal: Tansu never frees a message and its CPU per fetch grows with the batches a partition
+holds, so `run all` replaces it now and then with an empty one on another port (see
+supervisor.py). The broker clients should use is named in RUN_DIR/broker.address, a small JSON
+file the supervisor rewrites atomically at each switch: {"address": "127.0.0.1:PORT", "pid":
+PID, "replay": bool, "generation": N}. `current_address(cfg)` reads it (falling back to
+127.0.0.1:BROKER_PORT when the file is missing or names a broker that is gone).
 """
 from __future__ import annotations
 
 import importlib.resources
+import json
 import logging
 import os
 import signal
@@ -62,11 +70,51 @@ def _owner(pid: int) -> psutil.Process | None:
     return None
 
 
+ADDRESS_FILE = "broker.address"
+
+
+def address_file(cfg: Config) -> Path:
+    return Path(cfg.run_dir) / ADDRESS_FILE
+
+
+def read_address(cfg: Config) -> dict | None:
+    """The supervisor's current broker record, or None if there is none or its broker is gone."""
+    try:
+        record = json.loads(address_file(cfg).read_text())
+        if _is_tansu(int(record["pid"])):
+            return record
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def current_address(cfg: Config) -> str:
+    """Where clients should connect now: the renewed embedded broker if any, else the configured one."""
+    if not cfg.embedded_broker:
+        return cfg.bootstrap_servers
+    record = read_address(cfg)
+    return record["address"] if record else cfg.bootstrap_servers
+
+
+def write_address(cfg: Config, broker: "EmbeddedBroker", replay: bool, generation: int) -> None:
+    path = address_file(cfg)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"address": broker.address, "pid": broker.proc.pid, "replay": replay, "generation": generation}))
+    tmp.replace(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class EmbeddedBroker:
-    def __init__(self, cfg: Config):
-        self.port = cfg.broker_port
+    def __init__(self, cfg: Config, port: int | None = None):
+        self.port = port or cfg.broker_port
         self.address = f"127.0.0.1:{self.port}"
-        self.pidfile = Path(cfg.run_dir) / "broker.pid"
+        name = "broker.pid" if self.port == cfg.broker_port else f"broker-{self.port}.pid"
+        self.pidfile = Path(cfg.run_dir) / name
         self.logfile = Path(cfg.run_dir) / "broker.log"
         self.proc: subprocess.Popen | None = None
         self.cluster_id = ""
@@ -107,20 +155,31 @@ class EmbeddedBroker:
         raise BrokerError(f"embedded broker did not answer on {self.address} in time; see {self.logfile}")
 
     def _remove_orphan(self) -> None:
+        # Every broker*.pid of this RUN_DIR: a renewed broker runs on another port, with its own.
+        for pidfile in sorted(self.pidfile.parent.glob("broker*.pid")):
+            try:
+                pid = int(pidfile.read_text())
+            except (OSError, ValueError):
+                continue
+            if _is_tansu(pid):
+                owner = _owner(pid)
+                if owner is not None:
+                    if owner.pid == os.getpid():
+                        continue  # our own other broker (the one being renewed)
+                    raise BrokerError(
+                        f"an embedded broker (pid {pid}) already runs for {self.pidfile.parent}, started by pid {owner.pid}; "
+                        f"stop that first, or give this one its own RUN_DIR and BROKER_PORT"
+                    )
+                log.warning("stopping broker pid %d left over from an earlier run", pid)
+                _terminate(pid)
+            pidfile.unlink(missing_ok=True)
+
+    def cpu_seconds(self) -> float:
         try:
-            pid = int(self.pidfile.read_text())
-        except (OSError, ValueError):
-            return
-        if _is_tansu(pid):
-            owner = _owner(pid)
-            if owner is not None:
-                raise BrokerError(
-                    f"an embedded broker (pid {pid}) already runs for {self.pidfile.parent}, started by pid {owner.pid}; "
-                    f"stop that first, or give this one its own RUN_DIR and BROKER_PORT"
-                )
-            log.warning("stopping broker pid %d left over from an earlier run", pid)
-            _terminate(pid)
-        self.pidfile.unlink(missing_ok=True)
+            t = psutil.Process(self.proc.pid).cpu_times() if self.proc else None
+            return t.user + t.system if t else 0.0
+        except psutil.Error:
+            return 0.0
 
     def rss_mb(self) -> float:
         try:

@@ -5,15 +5,23 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
+
+from confluent_kafka import KafkaError, Producer
 
 from pipeline import kafka
+from pipeline.broker import current_address, read_address
 from pipeline.config import Config
 from pipeline.daemon import Every
 from pipeline.schema import Topic
 from pipeline.simulate import RoomClimate, SimulatedMachine, ThisMachine, device_names, room_names
 
 REPORT_S = 10.0
+RETIRE_S = 3.0  # after a broker switch, how long the old client may deliver before its rest is re-sent
+REPLAY_S = 5.0  # after a broker crash, the last seconds of readings sent again to the new broker
+STOP_FLUSH_S = 60.0  # longest a stopping producer waits for the broker to take its queue
 
 
 def sensors(spec: Topic, cfg: Config) -> list[tuple[str, Callable[[int], dict]]]:
@@ -38,22 +46,119 @@ def sensors(spec: Topic, cfg: Config) -> list[tuple[str, Callable[[int], dict]]]
     return [(d, device_reader(d, ThisMachine() if i == 0 else SimulatedMachine(d))) for i, d in enumerate(names)]
 
 
+class _Outbox:
+    """The producer's Kafka clients: the current one, and the one being retired after a broker switch.
+
+    A switch (RUN_DIR/broker.address names a new embedded broker) makes a new client at once; the
+    old one keeps delivering what it holds for RETIRE_S, then whatever it still holds is purged
+    and produced again on the new client, so nothing queued is lost. After a crash ("replay" in
+    the record) the readings of the last REPLAY_S seconds are produced again too: the dead broker
+    may have acknowledged them before the writers stored them. A reading sent twice is harmless
+    (the store upserts on (ts, key); the dashboard drops points not newer than its last).
+    """
+
+    def __init__(self, cfg: Config, spec: Topic, log: logging.Logger):
+        self.cfg, self.spec, self.log = cfg, spec, log
+        self.record = read_address(cfg) if cfg.embedded_broker else None
+        self.address = current_address(cfg)
+        self.current = kafka.producer(cfg, f"producer-{spec.name}", bootstrap=self.address)
+        self.retiring: list[tuple[Producer, float]] = []
+        self.recent: deque[tuple[float, bytes, bytes]] = deque()  # (monotonic, key, value) for replay
+        self.sent = self.failed = self.resent = 0
+        self.last_error = ""
+        self.next_check = 0.0
+        self.acked = ""
+        self._ack()
+
+    def _delivered(self, err, msg) -> None:
+        if err is None:
+            return
+        if err.code() in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
+            self._produce(msg.key(), msg.value())  # purged from a retired client: send it again
+            self.resent += 1
+            return
+        self.failed += 1
+        self.last_error = err.str()
+
+    def _produce(self, key: bytes, value: bytes, stop: threading.Event | None = None) -> None:
+        while True:
+            try:
+                self.current.produce(self.spec.name, key=key, value=value, on_delivery=self._delivered)
+                return
+            except BufferError:  # local queue full: the broker is slow or down
+                self.current.poll(0.1)
+                self.poll_retiring()
+                if stop is not None and stop.is_set():
+                    return
+
+    def send(self, key: bytes, value: bytes, stop: threading.Event) -> None:
+        self._produce(key, value, stop)
+        self.sent += 1
+        now = time.monotonic()
+        self.recent.append((now, key, value))
+        while self.recent and self.recent[0][0] < now - REPLAY_S:
+            self.recent.popleft()
+
+    def follow(self) -> None:
+        """Switch to the broker RUN_DIR/broker.address names, if it changed (checked every 0.2 s)."""
+        if not self.cfg.embedded_broker or time.monotonic() < self.next_check:
+            return
+        self.next_check = time.monotonic() + 0.2
+        record = read_address(self.cfg)
+        if record is None or record["address"] == self.address:
+            return
+        self.log.info("switching to the embedded broker at %s (was %s)%s", record["address"], self.address,
+                      "; re-sending the last %.0fs of readings" % REPLAY_S if record.get("replay") else "")
+        self.retiring.append((self.current, time.monotonic() + (0 if record.get("replay") else RETIRE_S)))
+        self.address, self.record = record["address"], record
+        self.current = kafka.producer(self.cfg, f"producer-{self.spec.name}", bootstrap=self.address)
+        if record.get("replay"):
+            for _t, key, value in list(self.recent):
+                self._produce(key, value)
+                self.resent += 1
+        self.poll_retiring()
+
+    def poll_retiring(self) -> None:
+        for old, deadline in list(self.retiring):
+            old.poll(0)
+            if len(old) and time.monotonic() >= deadline:
+                old.purge(in_queue=True, in_flight=True)
+                old.poll(0)  # delivery reports of the purged readings re-send them on the current client
+            if not len(old):
+                self.retiring.remove((old, deadline))
+        if not self.retiring:
+            self._ack()
+
+    def _ack(self) -> None:
+        """Tell the supervisor this producer now sends only to self.address (nothing left on an old broker)."""
+        if self.cfg.embedded_broker and self.acked != self.address:
+            path = Path(self.cfg.run_dir) / f"producer-{self.spec.name}.address"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(self.address)
+                self.acked = self.address
+            except OSError:
+                pass
+
+    def flush(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.retiring and time.monotonic() < deadline:
+            self.poll_retiring()
+            time.sleep(0.05)
+        return self.current.flush(max(0.0, deadline - time.monotonic())) + sum(len(p) for p, _ in self.retiring)
+
+    def __len__(self) -> int:
+        return len(self.current) + sum(len(p) for p, _ in self.retiring)
+
+
 def run(cfg: Config, spec: Topic, stop: threading.Event) -> None:
     log = logging.getLogger(f"producer.{spec.name}")
     readers = sensors(spec, cfg)
-    producer = kafka.producer(cfg, f"producer-{spec.name}")
-    sent = failed = 0
-    last_error = ""
-
-    def delivered(err, _msg):
-        nonlocal failed, last_error
-        if err is not None:
-            failed += 1
-            last_error = err.str()
+    out = _Outbox(cfg, spec, log)
 
     log.info(
         "sending %s for %d %s (%s) at %g/s each to %s",
-        spec.name, len(readers), spec.key + "s", ", ".join(k for k, _ in readers), cfg.rate, cfg.bootstrap_servers,
+        spec.name, len(readers), spec.key + "s", ", ".join(k for k, _ in readers), cfg.rate, out.address,
     )
     # Tick k samples at wall0 + k * period: each reading keeps its own sampling time even when
     # the loop runs late and catches up (the store upserts on (ts, key), so two readings of one
@@ -63,6 +168,7 @@ def run(cfg: Config, spec: Topic, stop: threading.Event) -> None:
     report = Every(REPORT_S)
     reported_sent, reported_failed = 0, 0
     while not stop.is_set():
+        out.follow()
         due = int((time.monotonic() - mono0) * 1000 / period_ms)
         if due - k > cfg.rate:  # over a second behind (the machine stalled): sensors skip what they missed
             log.warning("fell %.1fs behind; skipping %d ticks", (due - k) * period_ms / 1000, due - k)
@@ -70,33 +176,30 @@ def run(cfg: Config, spec: Topic, stop: threading.Event) -> None:
         while k <= due and not stop.is_set():
             ms = wall0 + int(k * period_ms)
             for key, read in readers:
-                payload = json.dumps(read(ms)).encode()
-                while True:
-                    try:
-                        producer.produce(spec.name, key=key.encode(), value=payload, on_delivery=delivered)
-                        break
-                    except BufferError:  # local queue full: the broker is slow or down
-                        producer.poll(0.1)
-                        if stop.is_set():
-                            break
-                sent += 1
+                out.send(key.encode(), json.dumps(read(ms)).encode(), stop)
             k += 1
+        out.poll_retiring()
         until_next = mono0 + k * period_ms / 1000 - time.monotonic()
         if until_next * 1000 > cfg.producer_linger_ms:
             # Quiet: this tick's readings are all there is until the next tick, so waiting out
             # linger.ms would only delay them. flush() sends at once; batches stay one per tick.
-            producer.flush(until_next)
+            out.current.flush(min(until_next, 0.2))
         else:
-            producer.poll(0)
+            out.current.poll(0)
         elapsed = report()
         if elapsed:
-            new_failed = failed - reported_failed
+            new_failed = out.failed - reported_failed
             log.info(
-                "sent %d readings in %.0fs (%.1f/s), %d failed%s, %d waiting for the broker",
-                sent - reported_sent, elapsed, (sent - reported_sent) / elapsed, new_failed,
-                f" (last: {last_error})" if new_failed else "", len(producer),
+                "sent %d readings in %.0fs (%.1f/s), %d failed%s, %d waiting for the broker%s",
+                out.sent - reported_sent, elapsed, (out.sent - reported_sent) / elapsed, new_failed,
+                f" (last: {out.last_error})" if new_failed else "", len(out),
+                f", {out.resent} re-sent after broker switches" if out.resent else "",
             )
-            reported_sent, reported_failed = sent, failed
+            reported_sent, reported_failed = out.sent, out.failed
         stop.wait(max(0.0, mono0 + k * period_ms / 1000 - time.monotonic()))
-    left = producer.flush(10)
-    log.info("stopped after %d readings; %d failed, %d undelivered at exit", sent, failed, left)
+    # Deliver everything queued before exiting (the supervisor waits longer than this bound).
+    log.info("stopping: delivering %d queued readings (up to %.0fs)", len(out), STOP_FLUSH_S)
+    left = out.flush(STOP_FLUSH_S)
+    if left:
+        log.error("gave up after %.0fs: %d readings were never delivered", STOP_FLUSH_S, left)
+    log.info("stopped after %d readings; %d failed, %d undelivered at exit", out.sent, out.failed, left)

@@ -5,12 +5,21 @@ partitions (queue semantics). Like quix-streams' sinks, a batch is written, made
 only then are its offsets committed: a crash anywhere re-reads uncommitted messages, and the
 store's upsert on (ts, key) makes the second write harmless. Messages that fail validation go
 to `<topic>.dlq`, unchanged, with the reason in the `error` header.
+
+A store that is down does not stop the writer from polling Kafka (quix-streams' backpressure):
+its partitions are paused, the retry waits inside `consume()` (so the group never evicts it for
+exceeding max.poll.interval.ms), anything still prefetched is dropped, and once the write
+succeeds each partition is sought back to the first dropped offset and resumed.
+
+Writers fetch with a 500 ms wait and 64 KiB minimum (WRITER_FETCH): they need no 50 ms
+latency, and on the embedded broker every fetch costs in proportion to what it holds.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import Counter
 
 from confluent_kafka import KafkaException, TopicPartition
 
@@ -21,6 +30,7 @@ from pipeline.schema import InvalidMessage, Topic, validate
 from pipeline.store import Store, StoreUnavailable
 
 REPORT_S = 10.0
+WRITER_FETCH = {"fetch.wait.max.ms": 500, "fetch.min.bytes": 65536}
 
 
 def group_id(spec: Topic) -> str:
@@ -31,13 +41,20 @@ class StoreWriter:
     def __init__(self, cfg: Config, spec: Topic, store: Store, stop: threading.Event):
         self.cfg, self.spec, self.store, self.stop = cfg, spec, store, stop
         self.log = logging.getLogger(f"writer.{spec.name}")
-        self.consumer = kafka.consumer(cfg, group_id(spec), f"writer-{spec.name}", offset_reset="earliest")
+        overrides = dict(WRITER_FETCH)
+        max_poll_ms = getattr(cfg, "writer_max_poll_interval_ms", None)
+        if max_poll_ms:
+            overrides["max.poll.interval.ms"] = int(max_poll_ms)
+        self.consumer = kafka.consumer(cfg, group_id(spec), f"writer-{spec.name}", offset_reset="earliest", overrides=overrides)
         self.dlq = kafka.producer(cfg, f"writer-{spec.name}-dlq")
         self.readings: list = []
         self.dead: list[tuple[bytes | None, bytes | None, list]] = []  # (key, value, headers)
         self.offsets: dict[int, int] = {}  # partition -> next offset to commit
         self.first_pending = 0.0
         self.stats = {"rows": 0, "batches": 0, "dead": 0}
+        self.dead_reasons: Counter[str] = Counter()  # dead letters since the last report, by reason
+        self.paused: list[TopicPartition] = []
+        self.dropped: dict[int, int] = {}  # partition -> first offset dropped while paused
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -61,8 +78,10 @@ class StoreWriter:
                     rows, batches, elapsed, rows / elapsed, dead,
                 )
                 reported = dict(self.stats)
+                self._report_dead(elapsed)
         if self.offsets:
             self._flush(retry=False)
+        self._report_dead(None)
         self.consumer.close()  # leaves the group at once, so the others take over without waiting
         self.log.info("stopped: %d rows written, %d dead-lettered", self.stats["rows"], self.stats["dead"])
 
@@ -80,34 +99,83 @@ class StoreWriter:
                 ("source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
             ]
             self.dead.append((msg.key(), msg.value(), headers))
-            self.log.warning("dead-lettering %s/%d@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+            reason = str(exc).split(":", 1)[0][:80]
+            if not self.dead_reasons:  # the first of each interval in full; the rest are counted
+                self.log.warning("dead-lettering %s/%d@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+            self.dead_reasons[reason] += 1
         self.offsets[msg.partition()] = msg.offset() + 1
+
+    def _report_dead(self, elapsed: float | None) -> None:
+        """One line for the dead letters of the interval, counted by reason."""
+        if not self.dead_reasons:
+            return
+        total = sum(self.dead_reasons.values())
+        reasons = ", ".join(f"{n} {r!r}" for r, n in self.dead_reasons.most_common(5))
+        more = len(self.dead_reasons) - 5
+        span = f" in the last {elapsed:.0f}s" if elapsed else ""
+        self.log.warning("dead-lettered %d messages to %s%s: %s%s", total, self.spec.dlq, span, reasons, f" and {more} other reasons" if more > 0 else "")
+        self.dead_reasons.clear()
 
     # -- write, then commit -------------------------------------------------------------------
     def _flush(self, retry: bool) -> bool:
         """Write pending readings and dead letters, then commit. False if it had to give up."""
         attempt = 0
         while True:
+            if attempt and not self.offsets:
+                return False  # revoked while waiting: the batch was handed back uncommitted
             try:
                 self._deliver_dead_letters()
                 if self.readings:
                     self.store.write(self.spec, self.readings, int(time.time() * 1000))
                 break
             except (StoreUnavailable, KafkaException) as exc:
-                if not retry or self.stop.is_set():
+                if not retry or self.stop.is_set() or not self.offsets:
                     self.log.warning("giving up on %d pending messages, left uncommitted for redelivery: %s", len(self.readings) + len(self.dead), exc)
                     self._forget()
+                    self._resume()
                     return False
                 delay = backoff(attempt)
-                self.log.warning("write failed (%s); retrying in %.1fs, offsets not committed", exc, delay)
+                if attempt == 0 or delay >= 10:  # one line when it starts, then one per 10 s at most
+                    self.log.warning("write failed (%s); retrying in %.1fs, partitions paused, offsets not committed", exc, delay)
                 attempt += 1
-                self.stop.wait(delay)
+                self._wait_polling(delay)
         if attempt:
             self.log.info("write succeeded after %d retries", attempt)
+        self._resume()
         self.stats["rows"] += len(self.readings)
         self.stats["batches"] += 1
         self._commit()
         return True
+
+    def _wait_polling(self, seconds: float) -> None:
+        """Wait with the partitions paused while still polling, so the group keeps us."""
+        if not self.paused:
+            try:
+                self.paused = self.consumer.assignment()
+                self.consumer.pause(self.paused)
+            except KafkaException as exc:
+                self.log.warning("could not pause partitions: %s", exc)
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and self.offsets and (left := deadline - time.monotonic()) > 0:
+            for msg in self.consumer.consume(num_messages=1000, timeout=min(left, 0.5)):
+                if msg.error():
+                    continue
+                # Prefetched before the pause: dropped now, read again after the seek.
+                p = msg.partition()
+                self.dropped[p] = min(self.dropped.get(p, msg.offset()), msg.offset())
+
+    def _resume(self) -> None:
+        if not self.paused:
+            return
+        try:
+            assigned = {tp.partition for tp in self.consumer.assignment()}
+            for p, offset in self.dropped.items():
+                if p in assigned:
+                    self.consumer.seek(TopicPartition(self.spec.name, p, offset))
+            self.consumer.resume([tp for tp in self.paused if tp.partition in assigned])
+        except KafkaException as exc:
+            self.log.warning("could not resume partitions: %s", exc)
+        self.paused, self.dropped = [], {}
 
     def _deliver_dead_letters(self) -> None:
         if not self.dead:
@@ -129,11 +197,14 @@ class StoreWriter:
 
     def _commit(self) -> None:
         offsets = [TopicPartition(self.spec.name, p, o) for p, o in self.offsets.items()]
+        # The rows are stored either way; whoever owns a partition whose commit failed re-reads
+        # them and the upsert makes that harmless. Each partition's result is checked.
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            results = self.consumer.commit(offsets=offsets, asynchronous=False) or []
+            failed = [f"{tp.partition}: {tp.error.str()}" for tp in results if tp.error is not None]
+            if failed:
+                self.log.warning("commit failed for partitions %s; the next owner will re-read these rows", "; ".join(failed))
         except KafkaException as exc:
-            # The rows are stored; whoever owns the partition now re-reads them and the upsert
-            # makes that harmless.
             self.log.warning("commit failed (%s); the next owner will re-read these rows", exc.args[0].str())
         self._forget()
 
@@ -151,6 +222,7 @@ class StoreWriter:
         # uncommitted for the next owner rather than block the rebalance.
         if self.offsets:
             self._flush(retry=False)
+        self.paused, self.dropped = [], {}
         self.log.info("revoked partitions %s", sorted(p.partition for p in partitions))
 
     def _wait_for_store(self) -> None:

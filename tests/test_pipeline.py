@@ -182,20 +182,3 @@ def test_supervisor_restarts_a_crashed_writer_and_a_crashed_broker(stack):
         assert proc.wait(15) == 0
     finally:
         stop_process(proc, signal.SIGKILL)
-
-
-def test_embedded_broker_is_recycled_when_it_grows_too_big_without_losing_readings(stack):
-    stack.env["BROKER_MAX_MB"] = "1"  # any real broker is bigger: recycle at the first check (30 s)
-    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", "5", log_name="all")
-    try:
-        with open_store(stack.store_url) as store:
-            store.ensure_tables()
-            wait_for(lambda: "recycling it" in stack.log("all"), 45, "the supervisor to recycle the broker")
-            wait_for(lambda: stack.log("all").count("embedded broker ready") >= 2, 30, "the new broker")
-            before = store.count(T)
-            wait_for(lambda: store.count(T) > before + 20, 30, "rows to flow again after the recycle")
-        assert "did not store everything" not in stack.log("all")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-    finally:
-        stop_process(proc, signal.SIGKILL)
