@@ -13,6 +13,8 @@
 (function () {
   "use strict";
   const RECONNECT_MS = 1000;
+  const BUSY = 1013; // the server streams to as many pages as it may (LIVE_MAX_PAGES)
+  const BUSY_RETRY_MS = 10000;
   const RELOAD_MS = 2000;
   const noUpdate = () => window.dash_clientside.no_update;
 
@@ -79,7 +81,8 @@
         if (!cursor) return noUpdate();
         if (urlParam(url, "load") !== String(cursor.load)) return socketUrl(cursor.cursor, cursor.load);
         const closed = !wsState || wsState.readyState === WebSocket.CLOSED;
-        if (!closed || Date.now() - Number(urlParam(url, "opened")) < RECONNECT_MS) return noUpdate();
+        const wait = wsState && wsState.code === BUSY ? BUSY_RETRY_MS : RECONNECT_MS;
+        if (!closed || Date.now() - Number(urlParam(url, "opened")) < wait) return noUpdate();
         const since = liveState && liveState.load === cursor.load ? liveState.cursor : cursor.cursor;
         return socketUrl(since, cursor.load);
       },
@@ -134,10 +137,12 @@
       },
 
       badge: function (wsState, health, cursor) {
+        if (wsState && wsState.code === BUSY) return ["server busy, retrying", "badge badge-wait"];
         const open = wsState && wsState.readyState === WebSocket.OPEN;
         if (!open) return [cursor ? "reconnecting" : "connecting", "badge badge-wait"];
         if (health && health.broker === false) return ["broker unreachable", "badge badge-down"];
         if (health && health.store === false) return ["store unreachable", "badge badge-down"];
+        if (cursor && !cursor.live) return [cursor.shown, "badge badge-history"];
         return ["live", "badge badge-live"];
       },
     },

@@ -36,6 +36,7 @@ from bench.common import Stack, browser, free_port, percentile, print_table, wai
 from dash_app.charts import CHARTS
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
+from tests.helpers import bucket_check
 
 # Notes, at the first animation frame after each redraw, the points it added to each trace.
 HOOK = """
@@ -114,28 +115,6 @@ def stored_series(store_url: str, t0: int, t1: int) -> dict[str, list[tuple[int,
                 for field in chart.fields:
                     out[f"{chart.id} {key}|{field}"] = list(zip(group["ms"].tolist(), group[field].astype(float).tolist()))
     return out
-
-
-def bucket_check(drawn: dict, stored: dict, width: int, start: int, end: int) -> tuple[int, int]:
-    """(buckets whose drawn points are exactly the store's lowest/highest/last, buckets checked)."""
-    exact = checked = 0
-    for key, readings in stored.items():
-        if key not in drawn:
-            continue
-        xs = drawn[key][0]
-        by_bucket: dict[int, list] = defaultdict(list)
-        for ts, value in readings:
-            by_bucket[ts // width].append((ts, value))
-        for bucket, points in by_bucket.items():
-            if bucket * width < start or (bucket + 1) * width > end:
-                continue
-            low = min(points, key=lambda p: p[1])
-            high = max(points, key=lambda p: p[1])
-            want = sorted({low[0], high[0], points[-1][0]})
-            got = xs[bisect.bisect_left(xs, bucket * width):bisect.bisect_left(xs, (bucket + 1) * width)]
-            checked += 1
-            exact += got == want
-    return exact, checked
 
 
 def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: float) -> dict:

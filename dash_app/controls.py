@@ -27,16 +27,41 @@ def layout() -> html.Div:
     )
 
 
+EARLIEST = date(2000, 1, 1)  # no reading is older (pipeline.schema.MIN_TS_MS)
+
+
+class BadRange(ValueError):
+    """A range the page cannot show; str() says why, for the page."""
+
+
 def window(choice: str, start_date: str | None, end_date: str | None, now_ms: int, live_window_s: int) -> tuple[int, int]:
     """[start, end) in epoch ms (UTC) for the chosen range."""
     if choice == "live":
         return now_ms - live_window_s * 1000, now_ms + LIVE_LEAD_MS
     if choice in SECONDS:
         return now_ms - SECONDS[choice] * 1000, now_ms
-    start = date.fromisoformat((start_date or "")[:10] or datetime.now(UTC).date().isoformat())
-    end = date.fromisoformat((end_date or "")[:10] or start.isoformat())
+    if choice != "custom":
+        raise BadRange(f"unknown range {choice!r}")
+    today = datetime.fromtimestamp(now_ms / 1000, UTC).date()
+    try:
+        start = date.fromisoformat(str(start_date or today)[:10])
+        end = date.fromisoformat(str(end_date or start)[:10])
+    except ValueError:
+        raise BadRange(f"dates {start_date!r} to {end_date!r} are not YYYY-MM-DD") from None
+    start, end = sorted((start, end))
+    if start < EARLIEST or end > today + timedelta(days=1):
+        raise BadRange(f"choose days between {EARLIEST} and {today + timedelta(days=1)}")
     midnight = lambda d: int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
-    return midnight(min(start, end)), midnight(max(start, end) + timedelta(days=1))
+    return midnight(start), midnight(end + timedelta(days=1))
+
+
+def describe(choice: str, start_ms: int, end_ms: int) -> str:
+    """What the badge says outside live: the range the charts show."""
+    if choice in SECONDS:
+        return f"last {RANGES[choice]}"
+    day = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
+    first, last = day(start_ms), day(end_ms - 1)
+    return first if first == last else f"{first} to {last}"
 
 
 def register(app) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from dash import ALL, MATCH, ClientsideFunction, Input, Output, State, ctx, dcc, html, no_update
+from dash import ALL, MATCH, ClientsideFunction, Input, Output, State, ctx, dcc, html, no_update, set_props
 from dash.exceptions import PreventUpdate
 
 from dash_app import cards, controls, history
@@ -35,9 +35,12 @@ def live_config(services: Services) -> dict:
 
 def _axis_ms(x) -> int:
     """A date-axis position from relayoutData ("2026-11-25 10:00:00.5", in UTC, or epoch ms)."""
-    if isinstance(x, (int, float)):
-        return int(x)
-    return int(pd.Timestamp(x, tz="UTC").value // 1_000_000)
+    if isinstance(x, bool) or not isinstance(x, (int, float, str)):
+        raise TypeError(f"not an axis position: {x!r}")
+    ms = int(x) if isinstance(x, (int, float)) else int(pd.Timestamp(x, tz="UTC").value // 1_000_000)
+    if not 0 <= ms < 2**53:
+        raise ValueError(f"axis position out of range: {x!r}")
+    return ms
 
 
 def register(app, services: Services) -> None:
@@ -55,7 +58,12 @@ def register(app, services: Services) -> None:
         Input("reload", "data"),
     )
     def load(choice, start_date, end_date, _reload):
-        start, end = controls.window(choice, start_date, end_date, int(time.time() * 1000), cfg.live_window_s)
+        try:
+            start, end = controls.window(choice, start_date, end_date, int(time.time() * 1000), cfg.live_window_s)
+        except controls.BadRange as exc:
+            set_props("notice", {"children": str(exc)})
+            raise PreventUpdate from None
+        set_props("notice", {"children": ""})
         live = choice == "live"
         # Live charts are drawn at one bucket per pixel column (LIVE_BUCKETS); so is their history.
         points = cfg.live_buckets if live else cfg.live_max_points
@@ -64,7 +72,8 @@ def register(app, services: Services) -> None:
         figures = {c.id: line_figure(c, snap.frames[c.topic], note) for c in CHARTS}
         latest = history.latest(services.store, snap.ring_frames)
         # `load` tells the page this is a new history even when the stream has not moved since.
-        cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "error": snap.error}
+        shown = None if live else controls.describe(choice, start, end)
+        cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "shown": shown, "error": snap.error}
         return [figures[c.id] for c in CHARTS], cursor, latest, cards.render(latest), services.health.as_dict()
 
     @app.callback(
@@ -87,11 +96,17 @@ def register(app, services: Services) -> None:
             span = None
         else:
             raise PreventUpdate
-        if span:
-            start, end = (_axis_ms(x) for x in span)
-        else:
-            start, end = controls.window(choice, start_date, end_date, int(time.time() * 1000), cfg.live_window_s)
-        chart = CHART_IDS[ctx.outputs_list["id"]["id"]]
+        chart = CHART_IDS.get(str((ctx.outputs_list or {}).get("id", {}).get("id")))
+        if chart is None:
+            raise PreventUpdate
+        try:
+            if span:
+                start, end = sorted(_axis_ms(x) for x in span)
+            else:
+                start, end = controls.window(choice, start_date, end_date, int(time.time() * 1000), cfg.live_window_s)
+        except (ValueError, TypeError, OverflowError):  # not a date axis position; BadRange is a ValueError
+            set_props("notice", {"children": "zoom ignored: the chart's range could not be read"})
+            raise PreventUpdate from None
         try:
             frame = history.topic_range(services.store, TOPICS[chart.topic], start, end, cfg.live_max_points)
         except StoreUnavailable:

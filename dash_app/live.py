@@ -56,7 +56,7 @@ class Ring:
 
     def parse(self, cursor: str) -> int:
         epoch, _, seq = cursor.partition(":")
-        if epoch != self.epoch or not seq.isdigit():
+        if epoch != self.epoch or not (seq.isdigit() and len(seq) <= 18):
             raise Gap(f"cursor {cursor!r} is not from this dashboard process")
         return int(seq)
 
@@ -248,6 +248,38 @@ def latest_of(rows: dict[str, list]) -> dict[str, dict]:
             if ident not in latest or row[0] > latest[ident]["ts"]:
                 latest[ident] = {"ts": row[0], "topic": topic, "key": row[1], **dict(zip(numeric, row[2:]))}
     return latest
+
+
+class Pages:
+    """The pages this process streams to: at most `limit` at once, each with its socket."""
+
+    BUSY = 1013  # WebSocket close code "try again later"
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.sockets: set = set()
+        self.lock = threading.Lock()
+
+    def admit(self, ws) -> bool:
+        with self.lock:
+            if len(self.sockets) >= self.limit:
+                return False
+            self.sockets.add(ws)
+            return True
+
+    def leave(self, ws) -> None:
+        with self.lock:
+            self.sockets.discard(ws)
+
+    def close_all(self) -> None:
+        """Hang up on every page (each reconnects from its cursor)."""
+        with self.lock:
+            sockets = list(self.sockets)
+        for ws in sockets:
+            try:
+                ws.close()
+            except ConnectionClosed:
+                pass
 
 
 def serve_frames(ws, ring: Ring, health: Health, since: str | None, bucket_ms: int) -> None:

@@ -5,7 +5,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from dash_app.live import Health, LiveFeed, Ring
+from dash_app.live import Health, LiveFeed, Pages, Ring
 from pipeline.config import Config
 from pipeline.store import Store, StoreUnavailable, open_store
 
@@ -24,6 +24,10 @@ class Services:
     feed: LiveFeed | None = None
     tables_ready: bool = False
     stopping: threading.Event = field(default_factory=threading.Event)
+    pages: Pages = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pages = Pages(self.cfg.live_max_pages)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Services:
@@ -62,6 +66,7 @@ class Services:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.pages.close_all()
         if self.feed:
             self.feed.stop()
             self.feed.join(5)

@@ -1,7 +1,7 @@
-"""The status badge: live, reconnecting, broker unreachable or store unreachable."""
+"""The status badge: live, the range shown outside live, reconnecting, busy, broker or store unreachable."""
 from __future__ import annotations
 
-from dash import ClientsideFunction, Input, Output, State, html
+from dash import ClientsideFunction, Input, Output, html
 
 
 def layout() -> html.Span:
@@ -12,5 +12,5 @@ def register(app) -> None:
     app.clientside_callback(
         ClientsideFunction("live", "badge"),
         Output("status", "children"), Output("status", "className"),
-        Input("ws", "state"), Input("health", "data"), State("cursor", "data"),
+        Input("ws", "state"), Input("health", "data"), Input("cursor", "data"),
     )

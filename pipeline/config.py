@@ -81,6 +81,9 @@ class Config(BaseSettings):
     live_buckets: int = _count(
         600, "Horizontal resolution of a live chart, about one bucket per pixel column: the live window is cut into this many "
         "time buckets, and a series faster than one reading per bucket is drawn as each bucket's lowest, highest and last reading.")
+    live_max_pages: int = _count(
+        50, "Most pages one dashboard process streams to at once (each holds a websocket and a server thread); "
+        "a page over the limit is told so and retries.")
     run_dir: str = _setting(
         DEFAULT_RUN_DIR, "a folder path", "Folder for the embedded broker's pidfile and the default SQLite database.", min_length=1)
     log_level: str = _setting("INFO", ", ".join(LOG_LEVELS), "Logging level of every daemon.")

@@ -1,12 +1,14 @@
 """Test plumbing: free ports, polling, process control and an isolated product instance."""
 from __future__ import annotations
 
+import bisect
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,3 +84,25 @@ class Stack:
             yield proc
         finally:
             stop_process(proc)
+
+
+def bucket_check(drawn: dict, stored: dict, width: int, start: int, end: int) -> tuple[int, int]:
+    """(buckets whose drawn points are exactly the store's lowest/highest/last, buckets checked)."""
+    exact = checked = 0
+    for key, readings in stored.items():
+        if key not in drawn:
+            continue
+        xs = drawn[key][0]
+        by_bucket: dict[int, list] = defaultdict(list)
+        for ts, value in readings:
+            by_bucket[ts // width].append((ts, value))
+        for bucket, points in by_bucket.items():
+            if bucket * width < start or (bucket + 1) * width > end:
+                continue
+            low = min(points, key=lambda p: p[1])
+            high = max(points, key=lambda p: p[1])
+            want = sorted({low[0], high[0], points[-1][0]})
+            got = xs[bisect.bisect_left(xs, bucket * width):bisect.bisect_left(xs, (bucket + 1) * width)]
+            checked += 1
+            exact += got == want
+    return exact, checked

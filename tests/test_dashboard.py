@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import signal
 import time
-from pathlib import Path
 
 import pytest
-from dash import Dash, dcc, html
+from simple_websocket import Client, ConnectionClosed
+from simple_websocket import ConnectionError as SocketError
 
 from dash_app.app import create_app
 from dash_app.charts import CHARTS
+from dash_app.live import Pages
 from dash_app.services import Services
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
-from tests.helpers import stop_process, wait_for
+from tests.helpers import bucket_check, stop_process, wait_for
 
 BROWSER_POINTS = """
 return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
@@ -35,8 +36,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExc
 
 
 @pytest.fixture
-def pipeline(stack):
-    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", "2", log_name="all")
+def pipeline(stack, request):
+    """`run all --no-dashboard` at 2 readings/s per sensor (one per live bucket: raw points), or
+    at the rate a test asks for with `@pytest.mark.parametrize("pipeline", [RATE], indirect=True)`."""
+    rate = str(getattr(request, "param", 2))
+    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", rate, log_name="all")
     try:
         with open_store(stack.store_url) as store:
             store.ensure_tables()
@@ -104,24 +108,57 @@ def test_dropped_websocket_reconnects_from_its_cursor_without_a_hole(dashboard):
     duo, services = dashboard
     duo.wait_for_text_to_equal("#status", "live", timeout=30)
     wait_for(lambda: len(browser_series(duo)) >= len(CHARTS), 20, "history in every chart")
+    # The badge may say "reconnecting" for well under a second: record every text it shows.
+    duo.driver.execute_script(
+        """const badge = document.getElementById('status');
+           window.badgeSeen = [];
+           new MutationObserver(() => window.badgeSeen.push(badge.textContent))
+               .observe(badge, {childList: true, characterData: true, subtree: true});"""
+    )
     for _ in range(2):
-        attempts = duo.driver.execute_script("return window.dashLive.attempts")
-        # The badge may say "reconnecting" for well under a second: record every text it shows.
-        duo.driver.execute_script(
-            """const badge = document.getElementById('status');
-               window.badgeSeen = [];
-               new MutationObserver(() => window.badgeSeen.push(badge.textContent))
-                   .observe(badge, {childList: true, characterData: true, subtree: true});
-               window.dashLive.socket.close();"""
-        )
+        duo.driver.execute_script("window.badgeSeen.length = 0")
+        services.pages.close_all()  # the server hangs up; points keep arriving meanwhile
         wait_for(lambda: "reconnecting" in duo.driver.execute_script("return window.badgeSeen"), 5, "the badge to say reconnecting")
-        time.sleep(3)  # points keep arriving while the socket is down
+        wait_for(lambda: services.pages.sockets, 10, "the page to reconnect")
         duo.wait_for_text_to_equal("#status", "live", timeout=10)
-        assert duo.driver.execute_script("return window.dashLive.attempts") == attempts + 1
-        assert json.loads(duo.driver.execute_script("return JSON.stringify(window.dashLive.cursor)"))
-    time.sleep(3)
+    before = {k: len(v) for k, v in browser_series(duo).items()}
+    wait_for(lambda: all(len(browser_series(duo)[k]) > n for k, n in before.items()), 10, "points after the reconnects")
     with open_store(services.cfg.store_url) as store:
         assert_browser_equals_store(duo, store)
+    assert duo.get_logs() == [], "browser console errors"
+
+
+@pytest.mark.parametrize("pipeline", [40], indirect=True)
+def test_fast_series_are_drawn_as_each_buckets_lowest_highest_and_last(dashboard):
+    """At 40 readings/s per sensor a live bucket (LIVE_WINDOW_S / LIVE_BUCKETS = 500 ms) holds ~20
+    readings; each closed bucket drawn must be exactly the store's lowest, highest and last."""
+    duo, services = dashboard
+    duo.wait_for_text_to_equal("#status", "live", timeout=30)
+    wait_for(lambda: len(browser_series(duo)) >= len(CHARTS), 20, "history in every chart")
+    start = int(time.time() * 1000) + 1000  # the first live bucket may keep points of the history before it
+    wait_for(lambda: time.time() * 1000 > start + 8000, 15, "8 s of live buckets")
+    end = int(time.time() * 1000) - 1000  # the open bucket is still provisional
+    drawn = {f"{c['id']} {t['meta']}": (t["x"], None) for c in duo.driver.execute_script(BROWSER_POINTS) for t in c["traces"]}
+    width = services.cfg.live_window_s * 1000 // services.cfg.live_buckets
+    charts = {c.id: c for c in CHARTS}
+    with open_store(services.cfg.store_url) as store:
+        def stored() -> dict[str, list]:
+            out = {}
+            for key in drawn:
+                chart_id, meta = key.split(" ")
+                sensor, field = meta.split("|")
+                spec = TOPICS[charts[chart_id].topic]
+                rows = store.since(spec, start, end)
+                rows = rows[rows[spec.key] == sensor].sort_values("ts")
+                out[key] = list(zip(rows["ts"].astype("datetime64[ms, UTC]").astype("int64"), rows[field].astype(float)))
+            return out
+
+        wait_for(lambda: all(v and v[-1][0] >= end - 200 for v in stored().values()), 15, "the store to catch up")
+        exact, checked = bucket_check(drawn, stored(), width, start, end)
+    assert checked >= 10 * len(drawn), f"only {checked} buckets checked"
+    assert exact == checked, f"{checked - exact} of {checked} buckets differ from the store"
+    points = max(len(x) for x, _ in drawn.values())
+    assert points < 3 * 600 + 2000, "a trace holds more points than its pixel columns can show"
 
 
 def test_page_survives_a_missing_broker_and_store_and_recovers_by_itself(dash_duo, stack, tmp_path):
@@ -154,10 +191,11 @@ def test_a_longer_range_comes_from_the_store_and_zooming_requeries_it(dashboard)
     duo.wait_for_text_to_equal("#status", "live", timeout=30)
     wait_for(lambda: len(browser_series(duo)) >= len(CHARTS), 20, "history in every chart")
     duo.find_element("#range input[value='1h']").click()
-    wait_for(lambda: duo.driver.execute_script("return window.dashLive.live") is False, 10, "the 1 h history")
-    time.sleep(1)
+    duo.wait_for_text_to_equal("#status", "last 1 h", timeout=10)
     before = browser_series(duo)
-    time.sleep(3)
+    services.feed.ready.wait()
+    head = services.ring.head
+    wait_for(lambda: services.ring.head > head + 20, 10, "live points arriving meanwhile")
     assert browser_series(duo) == before, "outside live mode the charts are not streamed into"
     with open_store(services.cfg.store_url) as store:
         rows = store.since(TOPICS["temperature"], 0)
@@ -174,21 +212,32 @@ def test_a_longer_range_comes_from_the_store_and_zooming_requeries_it(dashboard)
         json.dumps({"id": "temperature", "type": "chart"}, separators=(",", ":")), lo, hi,
     )
     wait_for(lambda: browser_series(duo)[("temperature", "kitchen|value")] == [x for x in kitchen if lo <= x < hi], 10, "the zoomed re-query")
+    for choice, badge in (("live", "live"), ("24h", "last 24 h"), ("live", "live")):
+        duo.find_element(f"#range input[value='{choice}']").click()
+        duo.wait_for_text_to_equal("#status", badge, timeout=15)
+    before = {k: len(v) for k, v in browser_series(duo).items()}
+    wait_for(lambda: all(len(browser_series(duo)[k]) > n for k, n in before.items()), 10, "live points after the switches")
+    assert duo.get_logs() == [], "browser console errors across range switches"
 
 
-def test_an_extend_arriving_while_the_last_one_draws_is_drawn_once(dash_duo):
-    """dcc.Graph re-applies a queued extendData when the next one comes before the first has
-    drawn; assets/live.js must keep each point once. Frames overlapping the history are trimmed."""
-    app = Dash(__name__, assets_folder=str(Path(__file__).parents[1] / "assets"))
-    app.layout = html.Div([dcc.Graph(id="chart", figure={"data": [{"x": list(range(10)), "y": list(range(10))}]})])
-    dash_duo.start_server(app)
-    wait_for(lambda: dash_duo.driver.execute_script("return (document.querySelector('.js-plotly-plot') || {}).data !== undefined"), 10, "the chart")
-    dash_duo.driver.execute_script(
-        """const extend = (xs) => window.dash_clientside.set_props('chart', {extendData: [{x: [xs], y: [xs]}, [0]]});
-           extend([10]);
-           [[11], [5, 12], [12, 13], [14]].forEach((xs, i) => setTimeout(() => extend(xs), i));"""
-    )
-    xs = "return Array.from(document.querySelector('.js-plotly-plot').data[0].x)"
-    wait_for(lambda: dash_duo.driver.execute_script(xs)[-1] == 14, 10, "every extend drawn")
-    time.sleep(0.5)  # a re-applied extend would land after the last one
-    assert dash_duo.driver.execute_script(xs) == list(range(15))
+def test_live_sockets_are_bounded_and_same_origin_only(dash_thread_server, stack):
+    stack.env["LIVE_MAX_PAGES"] = "1"
+    services = Services.from_config(stack.config())  # no live feed: frames are heartbeats
+    try:
+        dash_thread_server(create_app(services))
+        url = dash_thread_server.url.replace("http://", "ws://").rstrip("/") + "/ws/live"
+        first = Client.connect(url, headers={"Origin": dash_thread_server.url.rstrip("/")})
+        assert json.loads(first.receive(5))["n"] == 0
+        second = Client.connect(url)
+        with pytest.raises(ConnectionClosed) as refused:
+            second.receive(5)
+        assert refused.value.reason == Pages.BUSY and "LIVE_MAX_PAGES" in refused.value.message
+        first.close()
+        wait_for(lambda: not services.pages.sockets, 5, "the first page to leave")
+        third = Client.connect(url)
+        assert json.loads(third.receive(5))["n"] == 0
+        third.close()
+        with pytest.raises(SocketError):
+            Client.connect(url, headers={"Origin": "http://elsewhere.example"})
+    finally:
+        services.stop()

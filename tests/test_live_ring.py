@@ -3,7 +3,8 @@ import threading
 
 import pytest
 
-from dash_app.live import Gap, Ring
+from dash_app.app import same_origin
+from dash_app.live import Buckets, Gap, Ring
 
 
 def test_since_returns_rows_after_the_cursor_grouped_by_topic():
@@ -42,3 +43,45 @@ def test_wait_wakes_on_new_points():
     threading.Timer(0.05, ring.extend, args=([("temperature", [1, "a", 1.0])],)).start()
     ring.wait(0, timeout=5)
     assert ring.head == 1
+
+
+@pytest.mark.parametrize(
+    "origin, host, allowed",
+    [
+        (None, "127.0.0.1:8050", True),
+        ("http://127.0.0.1:8050", "127.0.0.1:8050", True),
+        ("https://dash.example", "dash.example", True),
+        ("http://127.0.0.1:8050", "127.0.0.1", True),
+        ("http://evil.example", "127.0.0.1:8050", False),
+        ("http://127.0.0.1:9999", "127.0.0.1:8050", False),
+        ("https://dash.example", "dash.example:8443", False),
+    ],
+)
+def test_live_socket_accepts_only_same_origin_pages(origin, host, allowed):
+    assert same_origin(origin, host) is allowed
+
+
+def test_buckets_keep_each_buckets_lowest_highest_and_last_with_a_provisional_tail():
+    buckets = Buckets(500)
+    assert buckets.add({"temperature": [[1000, "k", 20.0]]}) == {"temperature": {"k|value": [[1000], [20.0], 1]}}
+    # Same bucket: 1000 is now neither lowest, highest nor last; the tail replaces the old one.
+    frame = buckets.add({"temperature": [[1100, "k", 21.0], [1200, "k", 19.0], [1300, "k", 20.5]]})
+    assert frame == {"temperature": {"k|value": [[1100, 1200, 1300], [21.0, 19.0, 20.5], 3]}}
+    # A new bucket closes the old one: its points become final, the new reading is the tail.
+    frame = buckets.add({"temperature": [[1600, "k", 22.0], [1600, "k", 22.0]]})
+    assert frame == {"temperature": {"k|value": [[1100, 1200, 1300, 1600], [21.0, 19.0, 20.5, 22.0], 1]}}
+    assert buckets.add({"temperature": [[1300, "k", 5.0]]}) == {}  # a re-read older point changes nothing
+
+
+def test_slow_series_stay_raw_and_each_field_is_its_own_trace():
+    buckets = Buckets(500)
+    frame = buckets.add({"systemusage": [[1000, "d", 5.0, 10, 20], [2000, "d", 6.0, 11, 20]]})
+    assert frame["systemusage"]["d|cpu_percent"] == [[1000, 2000], [5.0, 6.0], 1]
+    assert frame["systemusage"]["d|memory_used"] == [[1000, 2000], [10, 11], 1]
+
+
+def test_a_cursor_that_is_no_number_of_ours_is_a_gap():
+    ring = Ring(3)
+    for cursor in (f"{ring.epoch}:{'9' * 60_000}", f"{ring.epoch}:-1", f"{ring.epoch}:x", "nonsense"):
+        with pytest.raises(Gap):
+            ring.parse(cursor)
