@@ -99,7 +99,7 @@ class StoreWriter:
                 ("source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
             ]
             self.dead.append((msg.key(), msg.value(), headers))
-            reason = str(exc).split(":", 1)[0][:80]
+            reason = ": ".join(str(exc).split(": ")[:2])[:80]  # the field and the kind of fault, without the detail
             if not self.dead_reasons:  # the first of each interval in full; the rest are counted
                 self.log.warning("dead-lettering %s/%d@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
             self.dead_reasons[reason] += 1
