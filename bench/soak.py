@@ -1,0 +1,213 @@
+"""Soak: the whole product (`run all`) at a rate for a while, sampled every --interval seconds.
+
+    python -m bench.soak --rate 50 --duration 1800          # 30 minutes at 550 readings/s
+    python -m bench.soak --accelerated --duration 240       # a day's record batches at the default rate, in minutes
+    python -m bench.soak --quick                            # 2 minutes at --rate 1
+
+Each sample records the CPU (cores, over the interval) and RSS of the embedded broker(s),
+producers, writers and dashboard (and Chromium when running), the producers' queue depth (from
+their 10 s progress lines), the writers' lag on the current broker (true end offsets - committed)
+and the number of broker renewals so far. At the end, Ctrl-C stops the product and the run
+checks sent (the producers' own totals) = stored, and the longest gap between consecutive
+readings of any series. The slope of each series is printed (least squares, per minute).
+
+--accelerated adds a pump: valid temperature readings for rooms ballast-0..9, one message per
+record batch (linger 0), at --pump-batches per second, following broker renewals, until it has
+sent --pump-total batches (default: a day of the default rate's batches, 3 producers x 3
+partitions x 86,400 s). The pump's readings are excluded from sent = stored. The page's
+newest-point age is not sampled here (the live page is being rewritten; bench/e2e_latency
+measures it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import threading
+import time
+
+import psutil
+
+from bench.common import Stack, print_table, write_result
+from bench.lag import slope
+
+KINDS = ("broker", "producer", "writer", "dashboard", "chromium")
+
+
+def classify(p: psutil.Process) -> str | None:
+    try:
+        cmd = " ".join(p.cmdline())
+    except psutil.Error:
+        return None
+    if "tansu" in cmd:
+        return "broker"
+    if "pipeline.run producer" in cmd:
+        return "producer"
+    if "pipeline.run consumer" in cmd:
+        return "writer"
+    if "dash_app" in cmd:
+        return "dashboard"
+    if "chrom" in cmd:
+        return "chromium"
+    return None
+
+
+class Sampler:
+    def __init__(self, root: int):
+        self.root = psutil.Process(root)
+        self.cpu: dict[int, float] = {}
+        self.t = time.monotonic()
+
+    def sample(self) -> dict:
+        now = time.monotonic()
+        out = {k: {"cpu": 0.0, "rss_mb": 0.0} for k in KINDS}
+        seen = {}
+        for p in self.root.children(recursive=True):
+            kind = classify(p)
+            if not kind:
+                continue
+            try:
+                t = p.cpu_times()
+                cpu = t.user + t.system
+                out[kind]["rss_mb"] += p.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            seen[p.pid] = cpu
+            out[kind]["cpu"] += (cpu - self.cpu.get(p.pid, cpu if p.pid in self.cpu else 0.0)) / max(now - self.t, 1e-6) if p.pid in self.cpu else 0.0
+        self.cpu, self.t = seen, now
+        return {k: {"cpu": round(v["cpu"], 3), "rss_mb": round(v["rss_mb"], 1)} for k, v in out.items()}
+
+
+def writer_lag(cfg) -> int | None:
+    from pipeline.broker import current_address
+    from pipeline.kafka import group_progress
+    from pipeline.schema import TOPICS
+    from pipeline.writer import group_id
+
+    try:
+        return sum(end - done for done, end in (group_progress(current_address(cfg), t, group_id(s), timeout=5) for t, s in TOPICS.items()))
+    except Exception:  # noqa: BLE001 - a broker being renewed
+        return None
+
+
+def pump(cfg, total: int, per_s: float, stop: threading.Event, sent: list[int]) -> None:
+    from confluent_kafka import Producer
+
+    from pipeline.broker import current_address
+
+    address, producer = None, None
+    base = int(time.time() * 1000) - 86_400_000
+    t0 = time.monotonic()
+    i = 0
+    while i < total and not stop.is_set():
+        if i % 200 == 0 and current_address(cfg) != address:
+            if producer is not None:
+                producer.flush(10)
+            address = current_address(cfg)
+            producer = Producer({"bootstrap.servers": address, "linger.ms": 0, "batch.num.messages": 1, "log_level": 0})
+        room = f"ballast-{i % 10}"
+        body = {"ts": base + i // 10, "room": room, "value": 20.0, "unit": "°C"}
+        try:
+            producer.produce("temperature", key=room.encode(), value=json.dumps(body).encode())
+        except BufferError:
+            producer.poll(0.1)
+            continue
+        i += 1
+        if i % 100 == 0:
+            producer.poll(0)
+            time.sleep(max(0.0, t0 + i / per_s - time.monotonic()))
+        sent[0] = i
+    if producer is not None:
+        producer.flush(30)
+
+
+def queue_depths(log: str) -> int:
+    """Sum over producers of the latest 'N waiting for the broker'."""
+    last: dict[str, int] = {}
+    for name, n in re.findall(r"(producer\.\w+)\s+sent \d+ readings .*?, (\d+) waiting for the broker", log):
+        last[name] = int(n)
+    return sum(last.values())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, default=1.0, help="readings/s per sensor (RATE), default 1")
+    p.add_argument("--duration", type=float, help="seconds (default 600; 120 with --quick)")
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between samples (default 30)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--dashboard", action="store_true", help="run the dashboard too (no page is opened)")
+    p.add_argument("--accelerated", action="store_true", help="pump a day's worth of record batches in")
+    p.add_argument("--pump-batches", type=float, default=3000.0, help="pump batches per second (default 3000)")
+    p.add_argument("--pump-total", type=int, default=9 * 86_400, help="pump batches in all (default a day's: 777,600)")
+    p.add_argument("--keep", action="store_true")
+    args = p.parse_args()
+    args.duration = args.duration or (120.0 if args.quick else 600.0)
+    if args.quick:
+        args.interval = min(args.interval, 10.0)
+
+    from pipeline.schema import TOPICS
+    from pipeline.store import open_store
+
+    with Stack(keep=args.keep) as stack:
+        cfg = stack.config()
+        started_ms = int(time.time() * 1000)
+        cmd = ["pipeline.run", "all", "--rate", f"{args.rate:g}"] + ([] if args.dashboard else ["--no-dashboard"])
+        proc = stack.spawn(*cmd, log_name="all")
+        stack.wait_log("all", "started producer systemusage", proc, 60)
+        sampler = Sampler(proc.pid)
+        stop_pump, pumped = threading.Event(), [0]
+        pumper = None
+        if args.accelerated:
+            time.sleep(5)
+            pumper = threading.Thread(target=pump, args=(cfg, args.pump_total, args.pump_batches, stop_pump, pumped), daemon=True)
+            pumper.start()
+        samples = []
+        t0 = time.monotonic()
+        sampler.sample()
+        while time.monotonic() - t0 < args.duration:
+            time.sleep(args.interval)
+            if proc.poll() is not None:
+                raise SystemExit(f"run all exited with {proc.returncode}:\n{stack.log('all')[-3000:]}")
+            log = stack.log("all")
+            s = {"t_min": round((time.monotonic() - t0) / 60, 2), **sampler.sample(), "queue": queue_depths(log),
+                 "lag": writer_lag(cfg), "renewals": log.count("embedded broker renewed"), "pumped": pumped[0]}
+            samples.append(s)
+            print(f"{s['t_min']:6.1f} min  broker {s['broker']['cpu']:.2f} cores {s['broker']['rss_mb']:.0f} MB  producers {s['producer']['cpu']:.2f}"
+                  f"  writers {s['writer']['cpu']:.2f}  queue {s['queue']}  lag {s['lag']}  renewals {s['renewals']}  pumped {s['pumped']:,}", flush=True)
+        stop_pump.set()
+        if pumper:
+            pumper.join(60)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(180)
+        log = stack.log("all")
+        sent = sum(int(n) for n in re.findall(r"stopped after (\d+) readings", log))
+        stored, gap = 0, 0.0
+        with open_store(stack.store_url) as store:
+            for spec in TOPICS.values():
+                frame = store.since(spec, started_ms - 60_000)
+                frame = frame[~frame[spec.key].astype(str).str.startswith("ballast-")]
+                stored += len(frame)
+                for _k, rows in frame.groupby(spec.key):
+                    ts = rows.ts.astype("int64").sort_values()
+                    if len(ts) > 1:
+                        gap = max(gap, float(ts.diff().max()))
+        renewal_s = [float(x) for x in re.findall(r"embedded broker renewed: .* in ([\d.]+)s", log)]
+
+    xs = [s["t_min"] for s in samples]
+    series = {f"{k} {m}": [s[k][m] for s in samples] for k in KINDS for m in ("cpu", "rss_mb") if any(s[k][m] for s in samples)}
+    series["producer queue"] = [s["queue"] for s in samples]
+    series["writer lag"] = [s["lag"] or 0 for s in samples]
+    rows = [[name, min(v), max(v), v[-1], round(slope(xs, v), 4)] for name, v in series.items()]
+    print_table(["series", "min", "max", "last", "slope/min"], rows,
+                title=f"Soak: rate {args.rate:g}/sensor, {args.duration / 60:.0f} min{', accelerated' if args.accelerated else ''}")
+    print(f"exit {rc}; sent {sent}, stored {stored} ({'equal' if sent == stored else 'DIFFERENT'}); longest gap in a series {gap:.0f} ms "
+          f"(interval {1000 / args.rate:.0f} ms); renewals {len(renewal_s)} (each {', '.join(f'{x:.1f}' for x in renewal_s)} s); pumped {pumped[0]:,} batches")
+    name = "soak-accelerated" if args.accelerated else f"soak-rate{args.rate:g}"
+    write_result(name, {"samples": samples, "slopes_per_min": {r[0]: r[4] for r in rows}, "sent": sent, "stored": stored,
+                        "longest_gap_ms": gap, "renewals": len(renewal_s), "renewal_s": renewal_s, "pumped": pumped[0], "exit": rc},
+                 {k: getattr(args, k) for k in ("rate", "duration", "interval", "accelerated", "pump_batches", "pump_total", "dashboard")})
+
+
+if __name__ == "__main__":
+    main()
