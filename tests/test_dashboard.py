@@ -163,9 +163,9 @@ def test_fast_series_are_drawn_as_each_buckets_lowest_highest_and_last(dashboard
 
 def test_page_survives_a_missing_broker_and_store_and_recovers_by_itself(dash_duo, stack, tmp_path):
     """Broker down and store unreachable at start: the page loads, says so, and heals."""
-    blocker = tmp_path / "blocker"
-    blocker.write_text("a file where the store's folder should be")
-    stack.env["STORE_URL"] = f"sqlite:///{blocker / 'store.db'}"
+    blocker = tmp_path / "store.db"
+    blocker.mkdir()  # a folder where the database file should be: SQLite cannot open it
+    stack.env["STORE_URL"] = f"sqlite:///{blocker}"
     services = Services.from_config(stack.config()).start()  # no broker listens on BROKER_PORT yet
     try:
         dash_duo.start_server(create_app(services))
@@ -179,7 +179,7 @@ def test_page_survives_a_missing_broker_and_store_and_recovers_by_itself(dash_du
                 dash_duo.wait_for_text_to_equal("#status", "store unreachable", timeout=40)
                 # Live points still arrive: the charts fill from the stream alone.
                 wait_for(lambda: any(len(x) > 3 for x in browser_series(dash_duo).values()), 30, "live points without a store")
-                blocker.unlink()  # the store's folder can now be created
+                blocker.rmdir()  # the database file can now be created
                 dash_duo.wait_for_text_to_equal("#status", "live", timeout=30)
                 assert services.health.store_ok
     finally:
