@@ -1,4 +1,10 @@
-"""`python -m dash_app`: serve the dashboard on DASH_HOST:DASH_PORT."""
+"""`python -m dash_app`: serve the dashboard on DASH_HOST:DASH_PORT with gunicorn.
+
+One worker process (the live consumer, its ring and the pages it streams to live in it) with a
+thread per open page (flask-sock holds one per websocket) plus a few for page loads and
+callbacks. Dash's own server is for development: under it flask-sock writes an HTTP response
+after every closed socket, and it says itself that it is not for production.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +12,17 @@ import logging
 import os
 import signal
 import sys
+import time
+
+from gunicorn.app.base import BaseApplication
 
 from pipeline import config
 from pipeline.daemon import PARENT_ENV, setup_logging
 
 # The settings the dashboard reads (all of them are environment variables: see the README).
 READS = ("DASH_HOST", "DASH_PORT", "KAFKA_BOOTSTRAP_SERVERS", "BROKER_PORT", "STORE_URL",
-         "LIVE_WINDOW_S", "LIVE_MAX_POINTS", "LIVE_BUCKETS", "LOG_LEVEL")
+         "LIVE_WINDOW_S", "LIVE_MAX_POINTS", "LIVE_BUCKETS", "LIVE_MAX_PAGES", "LOG_LEVEL")
+PORT_WAIT_S = 10.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,31 +40,74 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser().parse_args(argv)
     cfg = config.load_or_exit()
+    supervised = bool(os.environ.get(PARENT_ENV))
     try:
-        if not os.environ.get(PARENT_ENV):  # under `run all` the supervisor checked it
+        if not supervised:  # under `run all` the supervisor checked it
             config.check_bootstrap_resolves(cfg)
-        config.check_port_free(cfg.dash_host, cfg.dash_port, "DASH_PORT", "DASH_HOST")
+        # Restarted by `run all` after a crash, the old worker may hold the port a moment longer.
+        deadline = time.monotonic() + (PORT_WAIT_S if supervised else 0)
+        while True:
+            try:
+                config.check_port_free(cfg.dash_host, cfg.dash_port, "DASH_PORT", "DASH_HOST")
+                break
+            except config.ConfigError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     except config.ConfigError as exc:
         config.fail(str(exc))
     setup_logging(cfg)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-
-    from dash_app.app import create_app
-    from dash_app.services import Services
-
-    # The live thread starts here, not at import, so that a reloader or a WSGI server importing
-    # the module never runs it twice.
-    services = Services.from_config(cfg).start()
-    app = create_app(services)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.getLogger("dash_app").info("dashboard on http://%s:%d/", cfg.dash_host, cfg.dash_port)
-    try:
-        app.run(host=cfg.dash_host, port=cfg.dash_port, debug=False)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        services.stop()
+    Dashboard(cfg).run()
     return 0
+
+
+class Dashboard(BaseApplication):
+    """gunicorn running the Dash app; the live thread starts in the worker, never at import."""
+
+    HTTP_THREADS = 8  # page loads and callbacks, beside one thread per streaming page
+
+    def __init__(self, cfg: config.Config):
+        self.settings = cfg
+        self.services = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in {
+            "bind": [f"{self.settings.dash_host}:{self.settings.dash_port}"],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": self.settings.live_max_pages + self.HTTP_THREADS,
+            "graceful_timeout": 5,
+            "loglevel": "warning",  # its start-up lines say nothing ours do not
+            "control_socket_disable": True,
+            "accesslog": None,
+            "post_worker_init": self._started,
+            "worker_exit": self._stopping,
+        }.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from dash_app.app import create_app
+        from dash_app.services import Services
+
+        self.services = Services.from_config(self.settings).start()
+        return create_app(self.services).server
+
+    def _started(self, worker) -> None:
+        # Open pages hold their threads until they are hung up on: do that first on SIGTERM,
+        # so the worker stops within the graceful timeout instead of being killed.
+        handler = signal.getsignal(signal.SIGTERM)
+
+        def stop(signum, frame):
+            self.services.pages.close_all()
+            handler(signum, frame)
+
+        signal.signal(signal.SIGTERM, stop)
+
+    def _stopping(self, _server, _worker) -> None:
+        if self.services:
+            self.services.stop()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.request
 
 import pytest
 from simple_websocket import Client, ConnectionClosed
@@ -241,3 +242,42 @@ def test_live_sockets_are_bounded_and_same_origin_only(dash_thread_server, stack
             Client.connect(url, headers={"Origin": "http://elsewhere.example"})
     finally:
         services.stop()
+
+
+def test_a_restarted_dashboard_gets_an_open_page_live_again_within_seconds(dash_duo, pipeline):
+    """`python -m dash_app` (gunicorn) killed outright and started again: the open page notices,
+    reconnects, finds the old cursor gone, reloads its history and streams again."""
+    url = f"http://127.0.0.1:{pipeline.env['DASH_PORT']}/"
+
+    def serving() -> bool:
+        try:
+            return urllib.request.urlopen(url, timeout=1).status == 200
+        except OSError:
+            return False
+
+    first = pipeline.spawn("dash_app", log_name="dashboard")
+    try:
+        wait_for(serving, 60, "the dashboard")
+        dash_duo.driver.get(url)
+        dash_duo.wait_for_text_to_equal("#status", "live", timeout=30)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        dash_duo.wait_for_text_to_equal("#status", "reconnecting", timeout=10)
+        restarted = time.monotonic()
+        second = pipeline.spawn("dash_app", log_name="dashboard")
+    finally:
+        stop_process(first)
+    try:
+        dash_duo.wait_for_text_to_equal("#status", "live", timeout=30)
+        before = {k: len(v) for k, v in browser_series(dash_duo).items()}
+        wait_for(lambda: all(len(browser_series(dash_duo).get(k, [])) > n for k, n in before.items()), 10, "new points")
+        recovery = time.monotonic() - restarted
+        print(f"live again {recovery:.1f} s after the restart")
+        assert recovery < 15
+        with open_store(pipeline.store_url) as store:
+            assert_browser_equals_store(dash_duo, store)
+        # While no server listened, each reconnect attempt was refused: the browser itself logs those.
+        errors = [e for e in dash_duo.get_logs() if "ERR_CONNECTION_REFUSED" not in e["message"]]
+        assert errors == [], "browser console errors"
+    finally:
+        assert stop_process(second) == 0
