@@ -18,10 +18,11 @@ import uuid
 from collections import deque
 from typing import Any
 
-from confluent_kafka import OFFSET_END, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from simple_websocket import ConnectionClosed
 
 from pipeline import kafka
+from pipeline.broker import current_address
 from pipeline.config import Config
 from pipeline.schema import TOPICS, InvalidMessage, validate
 
@@ -104,7 +105,16 @@ def row_of(spec, reading) -> list:
 
 
 class LiveFeed(threading.Thread):
-    """Consumes every topic from the latest offsets into the ring."""
+    """Consumes every topic into the ring, following the embedded broker when it is renewed.
+
+    `run all` renews the embedded broker now and then (pipeline/supervisor.py): a new one starts
+    beside the old, producers move to it, and RUN_DIR/broker.address names it. The feed then
+    reads the new broker from its beginning (it holds only readings since the renewal) while it
+    finishes the old one for DRAIN_S; points seen twice are harmless (see Buckets).
+    """
+
+    FOLLOW_S = 0.5  # how often the feed looks for a renewed broker
+    DRAIN_S = 3.0  # how long it keeps reading the broker it left
 
     def __init__(self, cfg: Config, ring: Ring, health: Health):
         super().__init__(name="live-feed", daemon=True)
@@ -120,53 +130,83 @@ class LiveFeed(threading.Thread):
                 log.warning("broker unreachable: %s", err.str())
             self.health.broker_ok = False
 
-    def run(self) -> None:
+    def _subscribe(self, address: str, from_start: bool):
         consumer = kafka.consumer(
-            self.cfg, kafka.unique_group("dashboard"), "dashboard-live", offset_reset="latest", on_error=self._on_error,
+            self.cfg, kafka.unique_group("dashboard"), "dashboard-live", offset_reset="earliest" if from_start else "latest",
+            on_error=self._on_error, bootstrap=address,
             # The embedded broker answers an empty fetch only when part of its wait has passed,
             # not when data arrives: 20 ms gave p50 7 / max 14 ms broker to feed, 50 ms p50 19 / max 29.
             overrides={"fetch.wait.max.ms": 20},
         )
-        consumer.subscribe(list(TOPICS), on_assign=self._on_assign)
-        log.info("live feed consuming %s from %s", ", ".join(TOPICS), self.cfg.bootstrap_servers)
-        last_check = 0.0
+        consumer.subscribe(list(TOPICS), on_assign=lambda c, parts: self._on_assign(c, parts, from_start))
+        log.info("live feed consuming %s from %s", ", ".join(TOPICS), address)
+        return consumer
+
+    def run(self) -> None:
+        address = current_address(self.cfg)
+        consumer = self._subscribe(address, from_start=False)
+        leaving: list = []  # (consumer, until) of brokers left behind, read until drained
+        last_check = last_follow = 0.0
         try:
             while not self.stopping.is_set():
-                batch = []
                 # Block for the first message only, then take what has already arrived: a
                 # lone reading goes straight on instead of waiting out a batch timeout.
-                first = consumer.poll(0.1)
-                for msg in [first, *consumer.consume(num_messages=10_000, timeout=0)] if first else ():
-                    if msg.error():
-                        continue
-                    spec = TOPICS[msg.topic()]
-                    try:
-                        reading = validate(spec, msg.value(), msg.key(), int(time.time() * 1000))
-                    except InvalidMessage:
-                        self.skipped += 1
-                        continue
-                    batch.append((spec.name, row_of(spec, reading)))
-                    self.resume_ms = max(self.resume_ms, reading.ts)
+                first = consumer.poll(0.02 if leaving else 0.1)
+                messages = [first, *consumer.consume(num_messages=10_000, timeout=0)] if first else []
+                for old, _ in leaving:
+                    messages += old.consume(num_messages=10_000, timeout=0)
+                batch = self._rows(messages)
                 if batch:
                     self.ring.extend(batch)
                     self.health.broker_ok = True
                 elif time.monotonic() - last_check > 2.0:
                     last_check = time.monotonic()
                     self._check_broker(consumer)
+                for old, until in [x for x in leaving if x[1] < time.monotonic()]:
+                    old.close()
+                    leaving.remove((old, until))
+                if self.cfg.embedded_broker and time.monotonic() - last_follow > self.FOLLOW_S:
+                    last_follow = time.monotonic()
+                    renewed = current_address(self.cfg)
+                    if renewed != address:
+                        log.info("the embedded broker moved to %s; following it", renewed)
+                        leaving.append((consumer, time.monotonic() + self.DRAIN_S))
+                        address, consumer = renewed, self._subscribe(renewed, from_start=True)
         finally:
-            consumer.close()
+            for c in [consumer, *(old for old, _ in leaving)]:
+                c.close()
 
-    def _on_assign(self, consumer, partitions) -> None:
-        try:
-            found = consumer.offsets_for_times([TopicPartition(p.topic, p.partition, self.resume_ms) for p in partitions], timeout=5)
-            for p, f in zip(partitions, found):
-                p.offset = f.offset if f.offset >= 0 else OFFSET_END  # -1: nothing that recent yet
-        except KafkaException as exc:
-            log.warning("cannot seek to %d (%s); reading from the latest offsets", self.resume_ms, exc)
+    def _rows(self, messages: list) -> list[tuple[str, list]]:
+        batch = []
+        for msg in messages:
+            if msg.error():
+                continue
+            spec = TOPICS[msg.topic()]
+            try:
+                reading = validate(spec, msg.value(), msg.key(), int(time.time() * 1000))
+            except InvalidMessage:
+                self.skipped += 1
+                continue
+            batch.append((spec.name, row_of(spec, reading)))
+            self.resume_ms = max(self.resume_ms, reading.ts)
+        return batch
+
+    def _on_assign(self, consumer, partitions, from_start: bool) -> None:
+        if from_start:  # a renewed broker holds only what came after the renewal: read it all
             for p in partitions:
-                p.offset = OFFSET_END
+                p.offset = OFFSET_BEGINNING
+        else:
+            try:
+                found = consumer.offsets_for_times([TopicPartition(p.topic, p.partition, self.resume_ms) for p in partitions], timeout=5)
+                for p, f in zip(partitions, found):
+                    p.offset = f.offset if f.offset >= 0 else OFFSET_END  # -1: nothing that recent yet
+            except KafkaException as exc:
+                log.warning("cannot seek to %d (%s); reading from the latest offsets", self.resume_ms, exc)
+                for p in partitions:
+                    p.offset = OFFSET_END
         consumer.assign(partitions)
-        log.info("live feed assigned %d partitions from %s", len(partitions), time.strftime("%H:%M:%S", time.gmtime(self.resume_ms / 1000)))
+        log.info("live feed assigned %d partitions from %s", len(partitions),
+                 "the beginning" if from_start else time.strftime("%H:%M:%S", time.gmtime(self.resume_ms / 1000)))
         self.ready.set()
 
     def _check_broker(self, consumer) -> None:
