@@ -19,6 +19,7 @@ from dash_app.app import create_app
 from dash_app.charts import CHARTS
 from dash_app.live import Pages
 from dash_app.services import Services
+from pipeline.broker import read_address
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
 from tests.helpers import bucket_check, stop_process, wait_for
@@ -160,6 +161,25 @@ def test_fast_series_are_drawn_as_each_buckets_lowest_highest_and_last(dashboard
     assert exact == checked, f"{checked - exact} of {checked} buckets differ from the store"
     points = max(len(x) for x, _ in drawn.values())
     assert points < 3 * 600 + 2000, "a trace holds more points than its pixel columns can show"
+
+
+@pytest.fixture
+def renewing(stack):
+    stack.env["BROKER_MAX_MB"] = "1"  # any real broker is bigger: `run all` renews it at every check
+    return stack
+
+
+def test_the_page_follows_a_renewed_broker_without_a_hole(renewing, dashboard):
+    duo, services = dashboard
+    duo.wait_for_text_to_equal("#status", "live", timeout=30)
+    wait_for(lambda: len(browser_series(duo)) >= len(CHARTS), 20, "history in every chart")
+    generation = lambda: (read_address(services.cfg) or {}).get("generation", 0)
+    wait_for(lambda: generation() >= 2, 60, "two renewals of the embedded broker")
+    before = {k: len(v) for k, v in browser_series(duo).items()}
+    wait_for(lambda: all(len(browser_series(duo)[k]) > n for k, n in before.items()), 10, "points from the new broker")
+    with open_store(services.cfg.store_url) as store:
+        assert_browser_equals_store(duo, store)
+    assert duo.get_logs() == [], "browser console errors"
 
 
 def test_page_survives_a_missing_broker_and_store_and_recovers_by_itself(dash_duo, stack, tmp_path):
