@@ -54,7 +54,14 @@ class Config(BaseSettings):
         "Each host must resolve when a command starts.")
     broker_port: int = _port(19092, "Port of the embedded broker.")
     broker_max_mb: int = _count(
-        1024, "Memory of the embedded broker (it keeps every message) above which `run all` drains the writers and starts it afresh.")
+        1024, "Memory of the embedded broker (it keeps every message) above which `run all` renews it: an empty broker starts "
+        "beside it, producers switch to it, and the old one stops once its writers have stored what it holds.")
+    broker_renew_mb: int = _count(
+        64, "Growth of the embedded broker's memory since it started (held messages) after which `run all` renews it.")
+    broker_renew_cpu: float = _setting(
+        0.10, "a number > 0 and ≤ 2",
+        "Cores of CPU the embedded broker may gain over its lowest 30 s average before `run all` renews it (it renews when "
+        "its CPU has grown by this much and doubled, after 2 minutes).", gt=0, le=2, allow_inf_nan=False)
     store_url: str = _setting(
         "sqlite:///data/dashboard.db", "`sqlite:///relative/path`, `sqlite:////absolute/path` or `questdb://HOST[:PORT]`",
         "Where readings are stored. SQLite: three slashes then a path relative to the working directory, four for an absolute "
@@ -74,6 +81,10 @@ class Config(BaseSettings):
         None, "empty, or an integer ≥ 1", "Replication factor for new topics. Empty: min(3, number of brokers).", ge=1)
     writer_batch_size: int = _count(5000, "Most messages a store writer takes from Kafka per batch.")
     writer_flush_ms: int = _count(250, "Longest a store writer holds a batch before writing it and committing.")
+    writer_max_poll_interval_ms: int = _setting(
+        300000, "an integer ≥ 6000",
+        "Longest a store writer may go between polls before its group drops it (Kafka's `max.poll.interval.ms`). Writers "
+        "keep polling through store outages, so only tests change it.", ge=6000)
     dash_host: str = _setting("127.0.0.1", "a host name or address", "Address the dashboard listens on.", min_length=1)
     dash_port: int = _port(8050, "Port of the dashboard (page and live websocket); it must be free when the dashboard starts.")
     live_window_s: int = _count(300, "Width of the dashboard's live window, in seconds.")

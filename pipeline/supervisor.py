@@ -13,7 +13,7 @@ then names it, producers switch to it (their old client delivers what it holds, 
 re-sent), the old writers store everything the old broker holds, and only then does the old
 broker stop. Readings keep their sampling times throughout, so no series has a hole. A renewal
 happens when the broker's CPU has doubled over its baseline (and grown by at least
-RENEW_CPU_GROWTH of a core), its memory has grown by RENEW_RSS_GROWTH_MB (a saturated broker's
+BROKER_RENEW_CPU of a core), its memory has grown by BROKER_RENEW_MB (a saturated broker's
 CPU cannot double: held messages bound it), or its memory passes BROKER_MAX_MB. A crashed broker is replaced
 the same way at once; producers then also re-send their last few seconds of readings, which
 the dead broker may have taken before the writers stored them.
@@ -48,8 +48,6 @@ STABLE_S = 60.0  # a child that ran this long gets its restart back-off reset
 CHECK_S = 10.0  # how often the embedded broker's CPU and memory are sampled
 WINDOW = 3  # samples averaged: the broker's cost over the last 30 s
 RENEW_MIN_AGE_S = 120.0  # a broker is never renewed for CPU before it has run this long
-RENEW_CPU_GROWTH = 0.10  # cores of CPU over the baseline that (at least) make a renewal due
-RENEW_RSS_GROWTH_MB = 64.0  # memory growth (~300,000 readings held) that makes a renewal due
 SWITCH_S = 30.0  # longest a renewal waits for the producers to leave the old broker
 DRAIN_S = 30.0  # longest a renewal waits for the old writers to store what the old broker holds
 
@@ -235,12 +233,12 @@ class Supervisor:
     def _check_cost(self) -> None:
         cores = self.cost.sample()
         rss = self.broker.rss_mb()
-        growth = float(getattr(self.cfg, "broker_renew_cpu", RENEW_CPU_GROWTH))
+        growth = self.cfg.broker_renew_cpu
         if self.cost.rss0 is None:
             self.cost.rss0 = rss
         if rss > self.cfg.broker_max_mb:
             self.renew(reason=f"it uses {rss:.0f} MB (BROKER_MAX_MB={self.cfg.broker_max_mb})")
-        elif rss - self.cost.rss0 > float(getattr(self.cfg, "broker_renew_mb", RENEW_RSS_GROWTH_MB)):
+        elif rss - self.cost.rss0 > self.cfg.broker_renew_mb:
             self.renew(reason=f"it grew by {rss - self.cost.rss0:.0f} MB of held messages")
         elif self.cost.renewal_due(cores, growth):
             self.renew(reason=f"its CPU grew from {self.cost.baseline:.2f} to {cores:.2f} cores")

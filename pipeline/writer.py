@@ -42,7 +42,7 @@ class StoreWriter:
         self.cfg, self.spec, self.store, self.stop = cfg, spec, store, stop
         self.log = logging.getLogger(f"writer.{spec.name}")
         overrides = dict(WRITER_FETCH)
-        max_poll_ms = getattr(cfg, "writer_max_poll_interval_ms", None)
+        max_poll_ms = cfg.writer_max_poll_interval_ms
         if max_poll_ms:
             overrides["max.poll.interval.ms"] = int(max_poll_ms)
         self.consumer = kafka.consumer(cfg, group_id(spec), f"writer-{spec.name}", offset_reset="earliest", overrides=overrides)
