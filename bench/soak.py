@@ -1,22 +1,22 @@
 """Soak: the whole product (`run all`) at a rate for a while, sampled every --interval seconds.
 
-    python -m bench.soak --rate 50 --duration 1800          # 30 minutes at 550 readings/s
-    python -m bench.soak --accelerated --duration 240       # a day's record batches at the default rate, in minutes
+    python -m bench.soak --rate 50 --duration 1800          # 30 minutes at 550 readings/s, a page open
+    python -m bench.soak --accelerated --duration 900       # a day's record batches at the default rate, in minutes
     python -m bench.soak --quick                            # 2 minutes at --rate 1
 
+The dashboard runs and one page of it is open in headless Chromium (`--no-dashboard`: neither).
 Each sample records the CPU (cores, over the interval) and RSS of the embedded broker(s),
-producers, writers and dashboard (and Chromium when running), the producers' queue depth (from
-their 10 s progress lines), the writers' lag on the current broker (true end offsets - committed)
-and the number of broker renewals so far. At the end, Ctrl-C stops the product and the run
+producers, writers, dashboard and Chromium, the producers' queue depth (from their 10 s
+progress lines), the writers' lag on the current broker (true end offsets - committed), the
+page's newest-point age (now - the newest x of any trace of the page's charts) and the number
+of broker renewals so far. At the end, Ctrl-C stops the product and the run
 checks sent (the producers' own totals) = stored, and the longest gap between consecutive
 readings of any series. The slope of each series is printed (least squares, per minute).
 
 --accelerated adds a pump: valid temperature readings for rooms ballast-0..9, one message per
 record batch (linger 0), at --pump-batches per second, following broker renewals, until it has
 sent --pump-total batches (default: a day of the default rate's batches, 3 producers x 3
-partitions x 86,400 s). The pump's readings are excluded from sent = stored. The page's
-newest-point age is not sampled here (the live page is being rewritten; bench/e2e_latency
-measures it).
+partitions x 86,400 s). The pump's readings are excluded from sent = stored.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import time
 
 import psutil
 
-from bench.common import Stack, print_table, write_result
+from bench.common import Stack, browser, free_port, print_table, wait_until, write_result
 from bench.lag import slope
 
 KINDS = ("broker", "producer", "writer", "dashboard", "chromium")
@@ -54,8 +54,8 @@ def classify(p: psutil.Process) -> str | None:
 
 
 class Sampler:
-    def __init__(self, root: int):
-        self.root = psutil.Process(root)
+    def __init__(self, *roots: int):
+        self.roots = [psutil.Process(r) for r in roots]  # run all, and chromedriver (Chromium runs under it)
         self.cpu: dict[int, float] = {}
         self.t = time.monotonic()
 
@@ -63,7 +63,13 @@ class Sampler:
         now = time.monotonic()
         out = {k: {"cpu": 0.0, "rss_mb": 0.0} for k in KINDS}
         seen = {}
-        for p in self.root.children(recursive=True):
+        family = []
+        for root in self.roots:
+            try:
+                family += root.children(recursive=True)
+            except psutil.Error:
+                pass
+        for p in family:
             kind = classify(p)
             if not kind:
                 continue
@@ -122,6 +128,51 @@ def pump(cfg, total: int, per_s: float, stop: threading.Event, sent: list[int]) 
         producer.flush(30)
 
 
+# Newest x (epoch ms) over every trace of every chart on the page, and the browser's clock.
+NEWEST = """let newest = -Infinity;
+for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+  for (const t of gd.data || []) {
+    for (const x of t.x || []) {
+      const v = typeof x === 'number' ? x : Date.parse(x);
+      if (v > newest) newest = v;
+    }
+  }
+}
+return [newest, Date.now()];"""
+
+
+def page_age(driver) -> float | None:
+    """Seconds between now and the newest point drawn on the page (None if it shows none)."""
+    try:
+        newest, now = driver.execute_script(NEWEST)
+    except Exception:  # noqa: BLE001 - a page reloading its history
+        return None
+    return round((now - newest) / 1000, 2) if newest is not None and newest > 0 else None
+
+
+def open_page(url: str):
+    import urllib.request
+
+    wait_until(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 90, "the dashboard")
+    driver = browser()
+    driver.get(url)
+    wait_until(lambda: driver.find_element("id", "status").text == "live", 90, "the page to go live")
+    wait_until(lambda: page_age(driver) is not None, 60, "points on the page")
+    return driver
+
+
+def slope_noise(xs: list[float], ys: list[float]) -> float:
+    """Two standard errors of the least-squares slope: a slope smaller than this is noise."""
+    n = len(xs)
+    if n < 3:
+        return 0.0
+    b = slope(xs, ys)
+    mx, my = sum(xs) / n, sum(ys) / n
+    den = sum((x - mx) ** 2 for x in xs)
+    resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys))
+    return 2 * (resid / (n - 2) / den) ** 0.5 if den else 0.0
+
+
 def queue_depths(log: str) -> int:
     """Sum over producers of the latest 'N waiting for the broker'."""
     last: dict[str, int] = {}
@@ -136,7 +187,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, help="seconds (default 600; 120 with --quick)")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between samples (default 30)")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--dashboard", action="store_true", help="run the dashboard too (no page is opened)")
+    p.add_argument("--no-dashboard", dest="dashboard", action="store_false", help="run neither the dashboard nor a page")
     p.add_argument("--accelerated", action="store_true", help="pump a day's worth of record batches in")
     p.add_argument("--pump-batches", type=float, default=3000.0, help="pump batches per second (default 3000)")
     p.add_argument("--pump-total", type=int, default=9 * 86_400, help="pump batches in all (default a day's: 777,600)")
@@ -149,13 +200,16 @@ def main() -> None:
     from pipeline.schema import TOPICS
     from pipeline.store import open_store
 
-    with Stack(keep=args.keep) as stack:
+    driver = None
+    with Stack(keep=args.keep, DASH_PORT=str(free_port())) as stack:
         cfg = stack.config()
         started_ms = int(time.time() * 1000)
         cmd = ["pipeline.run", "all", "--rate", f"{args.rate:g}"] + ([] if args.dashboard else ["--no-dashboard"])
         proc = stack.spawn(*cmd, log_name="all")
         stack.wait_log("all", "started producer systemusage", proc, 60)
-        sampler = Sampler(proc.pid)
+        if args.dashboard:
+            driver = open_page(f"http://127.0.0.1:{stack.env['DASH_PORT']}/")
+        sampler = Sampler(proc.pid, *([driver.service.process.pid] if driver else []))
         stop_pump, pumped = threading.Event(), [0]
         pumper = None
         if args.accelerated:
@@ -171,13 +225,17 @@ def main() -> None:
                 raise SystemExit(f"run all exited with {proc.returncode}:\n{stack.log('all')[-3000:]}")
             log = stack.log("all")
             s = {"t_min": round((time.monotonic() - t0) / 60, 2), **sampler.sample(), "queue": queue_depths(log),
-                 "lag": writer_lag(cfg), "renewals": log.count("embedded broker renewed"), "pumped": pumped[0]}
+                 "lag": writer_lag(cfg), "page_age_s": page_age(driver) if driver else None,
+                 "renewals": log.count("embedded broker renewed"), "pumped": pumped[0]}
             samples.append(s)
             print(f"{s['t_min']:6.1f} min  broker {s['broker']['cpu']:.2f} cores {s['broker']['rss_mb']:.0f} MB  producers {s['producer']['cpu']:.2f}"
-                  f"  writers {s['writer']['cpu']:.2f}  queue {s['queue']}  lag {s['lag']}  renewals {s['renewals']}  pumped {s['pumped']:,}", flush=True)
+                  f"  writers {s['writer']['cpu']:.2f}  dashboard {s['dashboard']['cpu']:.2f}  chromium {s['chromium']['cpu']:.2f}"
+                  f"  queue {s['queue']}  lag {s['lag']}  page age {s['page_age_s']} s  renewals {s['renewals']}  pumped {s['pumped']:,}", flush=True)
         stop_pump.set()
         if pumper:
             pumper.join(60)
+        if driver:
+            driver.quit()
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(180)
         log = stack.log("all")
@@ -198,13 +256,19 @@ def main() -> None:
     series = {f"{k} {m}": [s[k][m] for s in samples] for k in KINDS for m in ("cpu", "rss_mb") if any(s[k][m] for s in samples)}
     series["producer queue"] = [s["queue"] for s in samples]
     series["writer lag"] = [s["lag"] or 0 for s in samples]
-    rows = [[name, min(v), max(v), v[-1], round(slope(xs, v), 4)] for name, v in series.items()]
-    print_table(["series", "min", "max", "last", "slope/min"], rows,
+    if args.dashboard:
+        ages = [(x, s["page_age_s"]) for x, s in zip(xs, samples) if s["page_age_s"] is not None]
+        if ages:
+            series["page newest-point age s"] = [a for _x, a in ages]
+    xs_of = {"page newest-point age s": [x for x, _a in ages]} if args.dashboard and ages else {}
+    rows = [[name, min(v), max(v), v[-1], round(slope(xs_of.get(name, xs), v), 4), round(slope_noise(xs_of.get(name, xs), v), 4)]
+            for name, v in series.items()]
+    print_table(["series", "min", "max", "last", "slope/min", "± 2 SE"], rows,
                 title=f"Soak: rate {args.rate:g}/sensor, {args.duration / 60:.0f} min{', accelerated' if args.accelerated else ''}")
     print(f"exit {rc}; sent {sent}, stored {stored} ({'equal' if sent == stored else 'DIFFERENT'}); longest gap in a series {gap:.0f} ms "
           f"(interval {1000 / args.rate:.0f} ms); renewals {len(renewal_s)} (each {', '.join(f'{x:.1f}' for x in renewal_s)} s); pumped {pumped[0]:,} batches")
     name = "soak-accelerated" if args.accelerated else f"soak-rate{args.rate:g}"
-    write_result(name, {"samples": samples, "slopes_per_min": {r[0]: r[4] for r in rows}, "sent": sent, "stored": stored,
+    write_result(name, {"samples": samples, "slopes_per_min": {r[0]: r[4] for r in rows}, "slope_2se_per_min": {r[0]: r[5] for r in rows}, "sent": sent, "stored": stored,
                         "longest_gap_ms": gap, "renewals": len(renewal_s), "renewal_s": renewal_s, "pumped": pumped[0], "exit": rc},
                  {k: getattr(args, k) for k in ("rate", "duration", "interval", "accelerated", "pump_batches", "pump_total", "dashboard")})
 

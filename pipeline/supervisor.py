@@ -219,7 +219,7 @@ class Supervisor:
                 # The embedded broker forgets everything when it stops: let the writers store
                 # what it (and any broker being renewed) still holds first.
                 for address in [self.broker.address] + [b.address for b, _ws in self.retired]:
-                    if not _wait_until(lambda: _writers_drained(address), DRAIN_S):
+                    if not _wait_until(lambda a=address: _writers_drained(a), DRAIN_S):
                         log.warning("writers did not store everything %s holds within %.0fs; the rest is lost with it", address, DRAIN_S)
             stop_children([k for k in self.kids if k.kind == "writer"] + [w for _b, ws in self.retired for w in ws])
             stop_children([k for k in self.kids if k.kind == "dashboard"])
