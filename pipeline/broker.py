@@ -96,7 +96,7 @@ def current_address(cfg: Config) -> str:
     return record["address"] if record else cfg.bootstrap_servers
 
 
-def write_address(cfg: Config, broker: "EmbeddedBroker", replay: bool, generation: int) -> None:
+def write_address(cfg: Config, broker: EmbeddedBroker, replay: bool, generation: int) -> None:
     path = address_file(cfg)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"address": broker.address, "pid": broker.proc.pid, "replay": replay, "generation": generation}))
@@ -148,7 +148,7 @@ class EmbeddedBroker:
             try:
                 if client.describe_cluster(request_timeout=1).result().cluster_id == self.cluster_id:
                     return
-            except Exception:  # not listening yet
+            except Exception:  # noqa: BLE001, S110 - not listening yet: any failure means try again
                 pass
             time.sleep(0.05)
         self.stop()

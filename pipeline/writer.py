@@ -13,6 +13,12 @@ succeeds each partition is sought back to the first dropped offset and resumed.
 
 Writers fetch with a 500 ms wait and 64 KiB minimum (WRITER_FETCH): they need no 50 ms
 latency, and on the embedded broker every fetch costs in proportion to what it holds.
+
+A batch goes from messages to columns without a Python object per reading in between: the
+messages are kept as consumed, their values and keys are taken out with C-level `map`s, and
+`schema.validate_batch` decodes and checks them all at once (msgspec) into the columns the store
+writes (`schema.Batch`). Only messages it refuses are looked at one by one, by the same
+validator as before, which gives the dead-letter reason.
 """
 from __future__ import annotations
 
@@ -21,12 +27,12 @@ import threading
 import time
 from collections import Counter
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from pipeline import kafka
 from pipeline.config import Config
 from pipeline.daemon import Every, backoff
-from pipeline.schema import InvalidMessage, Topic, validate
+from pipeline.schema import Batch, Topic, validate_batch
 from pipeline.store import Store, StoreUnavailable
 
 REPORT_S = 10.0
@@ -47,7 +53,8 @@ class StoreWriter:
             overrides["max.poll.interval.ms"] = int(max_poll_ms)
         self.consumer = kafka.consumer(cfg, group_id(spec), f"writer-{spec.name}", offset_reset="earliest", overrides=overrides)
         self.dlq = kafka.producer(cfg, f"writer-{spec.name}-dlq")
-        self.readings: list = []
+        self.pending: list[Message] = []  # consumed, not yet validated
+        self.batch: Batch | None = None  # the valid readings of what was pending, as columns
         self.dead: list[tuple[bytes | None, bytes | None, list]] = []  # (key, value, headers)
         self.offsets: dict[int, int] = {}  # partition -> next offset to commit
         self.first_pending = 0.0
@@ -65,9 +72,8 @@ class StoreWriter:
         reported = dict(self.stats)
         flush_s = self.cfg.writer_flush_ms / 1000
         while not self.stop.is_set():
-            room = self.cfg.writer_batch_size - len(self.readings) - len(self.dead)
-            for msg in self.consumer.consume(num_messages=max(1, room), timeout=0.1):
-                self._take(msg)
+            room = self.cfg.writer_batch_size - len(self.pending)
+            self._take(self.consumer.consume(num_messages=max(1, room), timeout=0.1))
             if self.offsets and (room <= 0 or time.monotonic() - self.first_pending >= flush_s):
                 self._flush(retry=True)
             elapsed = report()
@@ -85,25 +91,40 @@ class StoreWriter:
         self.consumer.close()  # leaves the group at once, so the others take over without waiting
         self.log.info("stopped: %d rows written, %d dead-lettered", self.stats["rows"], self.stats["dead"])
 
-    def _take(self, msg) -> None:
-        if msg.error():
-            self.log.warning("consume error: %s", msg.error().str())
+    def _take(self, msgs: list[Message]) -> None:
+        """Hold consumed messages until the batch is flushed; note each partition's next offset."""
+        if not msgs:
             return
+        if any(map(Message.error, msgs)):
+            for msg in msgs:
+                if msg.error():
+                    self.log.warning("consume error: %s", msg.error().str())
+            msgs = [msg for msg in msgs if not msg.error()]
+            if not msgs:
+                return
         if not self.offsets:
             self.first_pending = time.monotonic()
-        try:
-            self.readings.append(validate(self.spec, msg.value(), msg.key(), int(time.time() * 1000)))
-        except InvalidMessage as exc:
+        self.pending += msgs
+        # A partition's messages come in offset order: the last one seen is its highest.
+        for p, offset in dict(zip(map(Message.partition, msgs), map(Message.offset, msgs))).items():
+            self.offsets[p] = offset + 1
+
+    def _validate(self) -> None:
+        """Pending messages -> the batch's columns and its dead letters (validated once, at flush)."""
+        msgs, self.pending = self.pending, []
+        # A flush ends with the batch written and committed or forgotten, so none is held here.
+        self.batch, rejected = validate_batch(self.spec, list(map(Message.value, msgs)), list(map(Message.key, msgs)), int(time.time() * 1000))
+        for i, reason in rejected:
+            msg = msgs[i]
             headers = list(msg.headers() or []) + [
-                ("error", str(exc).encode()),
+                ("error", reason.encode()),
                 ("source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
             ]
             self.dead.append((msg.key(), msg.value(), headers))
-            reason = ": ".join(str(exc).split(": ")[:2])[:80]  # the field and the kind of fault, without the detail
+            short = ": ".join(reason.split(": ")[:2])[:80]  # the field and the kind of fault, without the detail
             if not self.dead_reasons:  # the first of each interval in full; the rest are counted
-                self.log.warning("dead-lettering %s/%d@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
-            self.dead_reasons[reason] += 1
-        self.offsets[msg.partition()] = msg.offset() + 1
+                self.log.warning("dead-lettering %s/%d@%d: %s", msg.topic(), msg.partition(), msg.offset(), reason)
+            self.dead_reasons[short] += 1
 
     def _report_dead(self, elapsed: float | None) -> None:
         """One line for the dead letters of the interval, counted by reason."""
@@ -119,18 +140,20 @@ class StoreWriter:
     # -- write, then commit -------------------------------------------------------------------
     def _flush(self, retry: bool) -> bool:
         """Write pending readings and dead letters, then commit. False if it had to give up."""
+        if self.pending:
+            self._validate()
         attempt = 0
         while True:
             if attempt and not self.offsets:
                 return False  # revoked while waiting: the batch was handed back uncommitted
             try:
                 self._deliver_dead_letters()
-                if self.readings:
-                    self.store.write(self.spec, self.readings, int(time.time() * 1000))
+                if self.batch is not None and len(self.batch):
+                    self.store.write(self.spec, self.batch, int(time.time() * 1000))
                 break
             except (StoreUnavailable, KafkaException) as exc:
                 if not retry or self.stop.is_set() or not self.offsets:
-                    self.log.warning("giving up on %d pending messages, left uncommitted for redelivery: %s", len(self.readings) + len(self.dead), exc)
+                    self.log.warning("giving up on %d pending messages, left uncommitted for redelivery: %s", self._held(), exc)
                     self._forget()
                     self._resume()
                     return False
@@ -142,7 +165,7 @@ class StoreWriter:
         if attempt:
             self.log.info("write succeeded after %d retries", attempt)
         self._resume()
-        self.stats["rows"] += len(self.readings)
+        self.stats["rows"] += len(self.batch) if self.batch is not None else 0
         self.stats["batches"] += 1
         self._commit()
         return True
@@ -208,8 +231,12 @@ class StoreWriter:
             self.log.warning("commit failed (%s); the next owner will re-read these rows", exc.args[0].str())
         self._forget()
 
+    def _held(self) -> int:
+        return len(self.pending) + (len(self.batch) if self.batch is not None else 0) + len(self.dead)
+
     def _forget(self) -> None:
-        self.readings.clear()
+        self.pending.clear()
+        self.batch = None
         self.dead.clear()
         self.offsets.clear()
 

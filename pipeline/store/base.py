@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from datetime import datetime, timedelta, timezone
-from typing import Sequence, Union
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Self
 
 import pandas as pd
 
-from pipeline.schema import Topic, Reading
+from pipeline.schema import Batch, Reading, Topic
 
-TimeLike = Union[int, float, datetime, pd.Timestamp]
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+TimeLike = int | float | datetime | pd.Timestamp
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 
@@ -30,7 +31,7 @@ def to_ms(t: TimeLike) -> int:
         return int(t)
     if isinstance(t, datetime):
         if t.tzinfo is None:
-            t = t.replace(tzinfo=timezone.utc)
+            t = t.replace(tzinfo=UTC)
         return (t - _EPOCH) // _ONE_MS  # integer arithmetic: timestamp() * 1000 can be 1 ms short
     raise TypeError(f"expected epoch milliseconds or a datetime, got {type(t).__name__}")
 
@@ -58,8 +59,13 @@ class Store(ABC):
         """Create the tables that do not exist yet."""
 
     @abstractmethod
-    def write(self, spec: Topic, readings: Sequence[Reading], received_at_ms: int) -> None:
-        """Store readings durably before returning; a (ts, key) already stored is overwritten."""
+    def write(self, spec: Topic, readings: Batch | Sequence[Reading], received_at_ms: int) -> None:
+        """Store readings durably before returning; a (ts, key) already stored is overwritten.
+
+        Writers hand over a `Batch` (columns, from `schema.validate_batch`); a sequence of
+        pydantic readings is turned into one (`schema.as_batch`). Within a batch the last
+        reading of a (ts, key) wins.
+        """
 
     @abstractmethod
     def latest(self, spec: Topic) -> pd.DataFrame:
@@ -88,7 +94,7 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,15 +15,15 @@ shapes (see pipeline.store.base).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import psycopg
 from questdb import QuestDBError, Sender
 
-from pipeline.schema import TOPICS, Topic, Reading
+from pipeline.schema import TOPICS, Batch, Reading, Topic, as_batch
 from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, to_ms
 
 _EPOCH = datetime(1970, 1, 1)
@@ -92,10 +92,10 @@ class QuestDBStore(Store):
         # auto_flush=off: nothing leaves before write() flushes; retries on transient HTTP errors are
         # bounded so a sick server surfaces as StoreUnavailable within seconds.
         self._sender_conf = f"http::addr={host}:{http_port};auto_flush=off;retry_timeout=5000;"
-        self._pg_params = dict(
-            host=host, port=pg_port, user=user, password=password, dbname=dbname,
-            connect_timeout=connect_timeout, application_name="pipeline-store",
-        )
+        self._pg_params = {
+            "host": host, "port": pg_port, "user": user, "password": password, "dbname": dbname,
+            "connect_timeout": connect_timeout, "application_name": "pipeline-store",
+        }
         self._sender: Sender | None = None
         self._write_lock = threading.Lock()  # a Sender is not thread-safe
         self._idle: list[psycopg.Connection] = []
@@ -192,24 +192,25 @@ class QuestDBStore(Store):
             except QuestDBError:
                 pass
 
-    def write(self, spec: Topic, readings: Sequence[Reading], received_at_ms: int) -> None:
-        if not readings:
+    def write(self, spec: Topic, readings: Batch | Sequence[Reading], received_at_ms: int) -> None:
+        batch = as_batch(spec, readings)
+        n = len(batch)
+        if not n:
             return
         if not self._tables_ready:
             # A table auto-created by ILP would name its timestamp `timestamp` and have no dedup.
             self.ensure_tables()
-        n = len(readings)
-        data = {
-            "ts": _ms_to_us([r.ts for r in readings]),
-            spec.key: [getattr(r, spec.key) for r in readings],
-        }
-        for c in spec.numeric:
-            data[c] = np.fromiter((getattr(r, c) for r in readings), dtype="float64", count=n)
-        for c in spec.text:
-            data[c] = [getattr(r, c) for r in readings]
+        cols = batch.columns
+        # The batch's columns as they are (numpy arrays, lists of str for symbols), one DataFrame.
+        data = {"ts": _ms_to_us(cols["ts"]), spec.key: cols[spec.key]}
+        for c in (*spec.numeric, *spec.text):
+            data[c] = cols[c]
         data["received_at"] = _ms_to_us(np.full(n, received_at_ms, dtype="int64"))
-        # Within one batch the last reading of a (ts, key) wins, as in SQLite's upsert.
-        frame = pd.DataFrame(data).drop_duplicates(subset=["ts", spec.key], keep="last")
+        frame = pd.DataFrame(data, copy=False)
+        # Within one batch the last reading of a (ts, key) wins, as in SQLite's upsert; a batch
+        # rarely repeats one (a redelivery), so look before paying for drop_duplicates.
+        if frame.duplicated(subset=["ts", spec.key]).any():
+            frame = frame.drop_duplicates(subset=["ts", spec.key], keep="last")
         with self._write_lock:
             try:
                 sender = self._open_sender()
