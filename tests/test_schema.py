@@ -76,3 +76,54 @@ def test_systemusage_memory_used_cannot_exceed_total():
         check(U, body, key=b"d1")
     body["memory_used"] = 4
     assert check(U, body, key=b"d1").memory_used == 4
+
+
+# ---- the writers' batch validator agrees with validate(), message by message -----------------
+
+EDGE_CASES = [
+    good(), good(value=21), good(value=-60), good(value=100), good(value=100.000000000000001), good(room="a" * 64),
+    good(room="a" * 65), good(room="kitchen\n"), good(room="k,x"), good(ts=NOW + 86_400_000), good(ts=10**22),
+    good(value=True), good(value=None), good(unit="°C\x00"), b'{"ts":%d,"room":"kitchen","value":1,"unit":"\\u00b0C"}' % NOW,
+    b' {"ts":%d,"room":"kitchen","value":1,"unit":"\xc2\xb0C"}\n' % NOW, b'{"ts":%d,"room":"kitchen","value":1,"unit":"\xc2\xb0C"},' % NOW,
+    b'{"ts":%d,"room":"kitchen","value":1,"unit":"\xc2\xb0C","ts":%d}' % (NOW, NOW + 1), b'{"ts":%d,"room":"\xff","value":1,"unit":"\xc2\xb0C"}' % NOW,
+    b'{"ts":%d,"room":"kitchen","value":NaN,"unit":"\xc2\xb0C"}' % NOW, b"[1, 2]", b"{oops", b"{" + b" " * MAX_MESSAGE_BYTES + b"}", None,
+]
+
+
+def _verdict(spec, value, key):
+    try:
+        return ("ok", validate(spec, value, key, NOW).model_dump())
+    except InvalidMessage as exc:
+        return ("rejected", str(exc))
+
+
+@pytest.mark.parametrize("keys", ["matching", "none", "mismatch"])
+def test_validate_batch_accepts_and_refuses_what_validate_does_with_its_reasons(keys):
+    from pipeline.schema import validate_batch
+
+    values = [b if isinstance(b, bytes) or b is None else json.dumps(b).encode() for b in EDGE_CASES] * 2
+    key = {"matching": b"kitchen", "none": None, "mismatch": b"office"}[keys]
+    batch, rejected = validate_batch(T, values, [key] * len(values), NOW)
+    expected = [_verdict(T, v, key) for v in values]
+    assert dict(rejected) == {i: why for i, (kind, why) in enumerate(expected) if kind == "rejected"}
+    accepted = [r for kind, r in expected if kind == "ok"]
+    cols = batch.columns
+    assert len(batch) == len(accepted)
+    assert [(int(t), r, float(v), u) for t, r, v, u in zip(cols["ts"], cols["room"], cols["value"], cols["unit"])] == [
+        (a["ts"], a["room"], a["value"], a["unit"]) for a in accepted
+    ]
+
+
+def test_validate_batch_all_valid_and_systemusage_cross_field():
+    from pipeline.schema import validate_batch
+
+    ok = [json.dumps(good(ts=NOW - i, room=f"r{i % 3}")).encode() for i in range(100)]
+    batch, rejected = validate_batch(T, ok, [f"r{i % 3}".encode() for i in range(100)], NOW)
+    assert rejected == [] and len(batch) == 100 and batch.columns["ts"].dtype == "int64"
+    body = {"ts": NOW, "device": "d1", "cpu_percent": 5.0, "memory_used": 10, "memory_total": 5}
+    fine = {**body, "memory_used": 4}
+    huge = {**body, "memory_used": 2**60 + 1, "memory_total": 2**60}  # equal as float64, not as int
+    values = [json.dumps(b).encode() for b in (fine, body, huge, fine)]
+    batch, rejected = validate_batch(U, values, [b"d1"] * 4, NOW)
+    assert [i for i, _ in rejected] == [1, 2] and all("exceeds memory_total" in why for _, why in rejected)
+    assert batch.columns["memory_used"].tolist() == [4.0, 4.0]

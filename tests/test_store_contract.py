@@ -386,3 +386,50 @@ def test_unknown_rooms_do_not_appear(store):
 def test_empty_write_is_a_no_op(store):
     store.write(TEMP, [], RECEIVED)
     assert store.count(TEMP) == 0
+
+
+# ---- the writers' columnar batches (schema.validate_batch -> Batch) ---------------------------
+
+
+def as_messages(readings) -> tuple[list[bytes], list[bytes]]:
+    return [r.model_dump_json().encode() for r in readings], [getattr(r, "room", None) or r.device for r in readings]
+
+
+def test_a_batch_of_columns_stores_what_its_readings_store(store, tmp_path):
+    from pipeline.schema import validate_batch
+
+    readings = temps("kitchen", BASE, 120, value=lambda i: 20.0 + i % 7 / 4) + temps("hall", BASE + 500, 120)
+    values, keys = as_messages(readings)
+    batch, rejected = validate_batch(TEMP, values, [k.encode() for k in keys], RECEIVED)
+    assert rejected == []
+    store.write(TEMP, batch, RECEIVED)
+    wait_count(store, TEMP, 240)
+    with open_store("sqlite:///" + str(tmp_path / "from-readings.db")) as other:
+        other.ensure_tables()
+        other.write(TEMP, readings, RECEIVED)
+        pd.testing.assert_frame_equal(store.since(TEMP, BASE), other.since(TEMP, BASE))
+        pd.testing.assert_frame_equal(store.range(TEMP, BASE, BASE + 120 * SEC, 6), other.range(TEMP, BASE, BASE + 120 * SEC, 6))
+
+
+def test_a_redelivered_batch_overlapping_stored_rows_keeps_count_and_averages_exact(store):
+    # New rows, then a batch where half the (ts, key) are stored already with other values, one
+    # comes twice, and the rest are new: the count, the last values and the long-range means
+    # (SQLite: from its rollup) all match a store written once with the final values.
+    from pipeline.schema import validate_batch
+
+    first = temps("kitchen", BASE, 100, value=lambda i: 20.0)
+    second = temps("kitchen", BASE + 50 * SEC, 100, value=lambda i: 30.0 + i % 3) + temps("kitchen", BASE + 60 * SEC, 1, value=lambda i: 35.0)
+    for readings in (first, second):
+        values, keys = as_messages(readings)
+        batch, _ = validate_batch(TEMP, values, [k.encode() for k in keys], RECEIVED)
+        store.write(TEMP, batch, RECEIVED)
+    wait_count(store, TEMP, 150)
+    final = {r.ts: r.value for r in first + second}  # last wins, the repeated ts included
+    stored = store.since(TEMP, BASE)
+    assert dict(zip(ms(stored["ts"]), stored["value"], strict=True)) == final
+    start, end = BASE, BASE + 150 * SEC
+    down = store.range(TEMP, start, end, 4)  # 50 s buckets: the rollup on SQLite
+    step = bucket_ms(start, end, 4)
+    for t, v in zip(ms(down["ts"]), down["value"], strict=True):
+        inside = [x for ts, x in final.items() if t <= ts < t + step]
+        assert v == pytest.approx(sum(inside) / len(inside)), t
