@@ -19,7 +19,13 @@ commits right after its store write; cheap to read), and the store is counted to
 QuestDB rows run only when QUESTDB_URL (e.g. questdb://127.0.0.1) answers. They write into its
 `temperature` table with room names unique to the run, and count from the rows already there,
 so existing data is left alone (but another writer there would skew the count).
-Targets (one writer): >= 100,000 rows/s into SQLite, >= 200,000 rows/s into QuestDB.
+Writer CPU per row (µs) is the writers' user+system CPU over the sustained window divided by
+the rows committed in it: consuming, validating, writing with `received_at`, and committing.
+Before the runs, `costs()` times the steps after consuming in this process (CPU µs per row:
+`validate_batch`, the SQLite write, the QuestDB ILP encoding of a batch without a server) and
+`decoders()` compares ways to take a batch from bytes to columns; `--costs` runs only those.
+Targets (one writer): >= 300,000 rows/s into SQLite, >= 400,000 rows/s into QuestDB; three
+writers faster than one.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from bench.common import Offsets, Stack, cpu_seconds, print_table, questdb, stop
 
 TOPIC = "temperature"
 GROUP = f"store-writer.{TOPIC}"
-TARGETS = {"sqlite": 100_000, "questdb": 200_000}  # rows/s with one writer
+TARGETS = {"sqlite": 300_000, "questdb": 400_000}  # rows/s with one writer
 
 
 def produce(bootstrap: str, n: int, rooms: int, prefix: str) -> dict:
@@ -144,6 +150,7 @@ def measure(backend: str, store_url: str | None, writers: int, n: int, rooms: in
             "rows_per_s": round(sustained), "sustained_window_s": round(window, 3),
             "writer_cpu_cores": round((hi[2] - lo[2]) / window, 2), "broker_cpu_cores": round((hi[3] - lo[3]) / window, 2),
             "writer_cpu_s_per_100k_rows": round((hi[2] - lo[2]) / (hi[1] - lo[1]) * 100_000, 3),
+            "writer_cpu_us_per_row": round((hi[2] - lo[2]) / (hi[1] - lo[1]) * 1e6, 2),
             "rows_per_s_overall": round((n - n0) / elapsed), "seconds_overall": round(elapsed, 3), "rows_at_clock_start": n0,
             "writer_cpu_cores_overall": round(cpu / elapsed, 2), "broker_cpu_cores_overall": round(broker_cpu / elapsed, 2),
             "first_row_after_s": round(t0 - spawned, 2), "bench_poller_cpu_cores": round(bench_cpu / elapsed, 3),
@@ -237,6 +244,48 @@ def decoders(n: int = 5000, repeats: int = 7) -> dict:
     return out
 
 
+def costs(n: int = 5000, batches: int = 60) -> dict:
+    """CPU µs per row of each step after consuming, in this process: validation, SQLite write, ILP encoding."""
+    import tempfile
+
+    from questdb import Buffer
+
+    from pipeline import schema
+    from pipeline.store import open_store
+    from pipeline.store.questdb import ilp_frame
+
+    spec = schema.TOPICS[TOPIC]
+    now = int(time.time() * 1000)
+    total = n * batches
+    per_room = -(-total // 200)
+    base = now - per_room * 1000 - 60_000
+    values = [
+        f'{{"ts":{base + (i // 200) * 1000},"room":"room-{i % 200:04d}","value":{18 + (i % 500) / 100:.2f},"unit":"°C"}}'.encode()
+        for i in range(total)
+    ]
+    keys = [f"room-{i % 200:04d}".encode() for i in range(total)]
+    out = {}
+    t = time.process_time()
+    parts = [schema.validate_batch(spec, values[i:i + n], keys[i:i + n], now)[0] for i in range(0, total, n)]
+    out["validate_batch"] = (time.process_time() - t) / total * 1e6
+    with tempfile.TemporaryDirectory() as tmp, open_store(f"sqlite:///{tmp}/costs.db") as store:
+        store.ensure_tables()
+        t = time.process_time()
+        for b in parts:
+            store.write(spec, b, now)
+        out["sqlite_write"] = (time.process_time() - t) / total * 1e6
+        t = time.process_time()
+        for b in parts[:10]:  # all of it again: the redelivery path
+            store.write(spec, b, now)
+        out["sqlite_write_redelivered"] = (time.process_time() - t) / (10 * n) * 1e6
+    t = time.process_time()
+    for b in parts:
+        buf = Buffer(protocol_version=2)
+        buf.dataframe(ilp_frame(spec, b, now), table_name=spec.name, symbols=[spec.key, *spec.text], at="ts")
+    out["questdb_ilp_encode"] = (time.process_time() - t) / total * 1e6
+    return {k: round(v, 3) for k, v in out.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="100k messages (unless --messages is given)")
@@ -250,7 +299,14 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=600, help="give up on a run after this many seconds")
     p.add_argument("--profile", action="store_true", help="also profile one in-process writer (SQLite) with cProfile")
     p.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, store) for inspection")
+    p.add_argument("--costs", action="store_true", help="only time the per-row steps and the decoders in this process (no broker)")
     args = p.parse_args()
+    steps, ways = costs(), decoders()
+    print_table(["step", "CPU µs/row"], list(steps.items()), title="Per-row cost of each step after consuming (this process, 5,000-row batches)")
+    print_table(["bytes -> columns", "CPU µs/message"], list(ways.items()), title="Decoding and validating a batch of 5,000 temperature messages")
+    if args.costs:
+        write_result("ingest-costs", {"steps_us_per_row": steps, "decoders_us_per_message": ways})
+        return
     n = args.messages or (100_000 if args.quick else 500_000)
     writer_counts = [int(w) for w in args.writers.split(",")]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -261,7 +317,7 @@ def main() -> None:
         for writers in writer_counts:
             if backend == "questdb" and not qdb_url:
                 results.append({"backend": backend, "writers": writers, "skipped": qdb_reason})
-                rows.append([backend, writers, "-", None, None, None, None, None, None, f"skipped: {qdb_reason}"])
+                rows.append([backend, writers, "-", None, None, None, None, None, None, None, f"skipped: {qdb_reason}"])
                 continue
             print(f"running {backend} with {writers} writer(s), {n:,} messages ...", flush=True)
             r = measure(backend, qdb_url if backend == "questdb" else None, writers, n, args.rooms, args)
@@ -270,17 +326,17 @@ def main() -> None:
             r["target_met"] = None if target is None else r["rows_per_s"] >= target
             results.append(r)
             verdict = "" if target is None else ("met" if r["target_met"] else "MISSED")
-            rows.append([backend, writers, f"{r['rows_per_s']:,}", f"{r['rows_per_s_overall']:,}", r["seconds_overall"], r["writer_cpu_cores"], r["broker_cpu_cores"],
+            rows.append([backend, writers, f"{r['rows_per_s']:,}", f"{r['rows_per_s_overall']:,}", r["seconds_overall"], r["writer_cpu_cores"], r["writer_cpu_us_per_row"], r["broker_cpu_cores"],
                          r["first_row_after_s"], f"{r['produce']['msgs_per_s']:,}", f"{verdict} (>= {target:,})" if target else ""])
     print_table(
-        ["backend", "writers", "rows/s", "overall/s", "seconds", "writer CPU", "broker CPU", "join s", "produce msg/s", "target (1 writer)"],
+        ["backend", "writers", "rows/s", "overall/s", "seconds", "writer CPU", "writer µs/row", "broker CPU", "join s", "produce msg/s", "target (1 writer)"],
         rows, title=f"Ingest of {n:,} temperature messages ({args.rooms} rooms, {args.partitions} partitions, batch {args.batch_size}, flush {args.flush_ms} ms)",
     )
     print("rows/s: sustained, while the committed rows went from 10% to 90% of N (CPU in cores over the same window, 1.0 = one core busy);")
     print("overall/s and seconds: from the first stored row until all N were stored (includes the last partial batch's flush wait)")
     params = {"messages": n, "rooms": args.rooms, "partitions": args.partitions, "writer_batch_size": args.batch_size,
               "writer_flush_ms": args.flush_ms, "writers": writer_counts, "backends": backends}
-    write_result("ingest", {"runs": results, "targets_rows_per_s_one_writer": TARGETS}, params)
+    write_result("ingest", {"runs": results, "targets_rows_per_s_one_writer": TARGETS, "steps_us_per_row": steps, "decoders_us_per_message": ways}, params)
     if args.profile:
         profile(None, n, args.rooms, args)
 

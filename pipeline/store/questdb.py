@@ -45,6 +45,21 @@ def _ms_to_us(values) -> np.ndarray:
     return np.asarray(values, dtype="int64").astype("datetime64[ms]").astype("datetime64[us]")
 
 
+def ilp_frame(spec: Topic, batch: Batch, received_at_ms: int) -> pd.DataFrame:
+    """The DataFrame `sender.dataframe()` sends: the batch's columns as they are, plus received_at."""
+    cols = batch.columns
+    data = {"ts": _ms_to_us(cols["ts"]), spec.key: cols[spec.key]}
+    for c in (*spec.numeric, *spec.text):
+        data[c] = cols[c]
+    data["received_at"] = _ms_to_us(np.full(len(batch), received_at_ms, dtype="int64"))
+    frame = pd.DataFrame(data, copy=False)
+    # Within one batch the last reading of a (ts, key) wins, as in SQLite's upsert; a batch
+    # rarely repeats one (a redelivery), so look before paying for drop_duplicates.
+    if frame.duplicated(subset=["ts", spec.key]).any():
+        frame = frame.drop_duplicates(subset=["ts", spec.key], keep="last")
+    return frame
+
+
 def _sample_unit(step_ms: int) -> str:
     """SAMPLE BY interval for a bucket of step_ms, widened to whole seconds if it overflows `T`."""
     if step_ms <= _MAX_INT32:
@@ -200,17 +215,7 @@ class QuestDBStore(Store):
         if not self._tables_ready:
             # A table auto-created by ILP would name its timestamp `timestamp` and have no dedup.
             self.ensure_tables()
-        cols = batch.columns
-        # The batch's columns as they are (numpy arrays, lists of str for symbols), one DataFrame.
-        data = {"ts": _ms_to_us(cols["ts"]), spec.key: cols[spec.key]}
-        for c in (*spec.numeric, *spec.text):
-            data[c] = cols[c]
-        data["received_at"] = _ms_to_us(np.full(n, received_at_ms, dtype="int64"))
-        frame = pd.DataFrame(data, copy=False)
-        # Within one batch the last reading of a (ts, key) wins, as in SQLite's upsert; a batch
-        # rarely repeats one (a redelivery), so look before paying for drop_duplicates.
-        if frame.duplicated(subset=["ts", spec.key]).any():
-            frame = frame.drop_duplicates(subset=["ts", spec.key], keep="last")
+        frame = ilp_frame(spec, batch, received_at_ms)
         with self._write_lock:
             try:
                 sender = self._open_sender()
