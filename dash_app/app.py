@@ -1,16 +1,22 @@
-"""The Dash app: page sections, their callbacks, and the live websocket on the same port."""
+"""The Dash app: two pages (Dash Pages) under one navigation, and the live websocket on the same port.
+
+`/` is the sensor page (history and the live stream), `/pipeline` shows Kafka at work
+(dash_app/pipeline_page.py). The navigation links load each page afresh (`refresh=True`): the
+live path's browser state (assets/live.js) belongs to one load of the sensor page.
+"""
 from __future__ import annotations
 
 import logging
 import os
 from urllib.parse import urlsplit
 
+import dash
 from dash import Dash, dcc, html
 from dash_extensions import WebSocket
 from flask import Response, request
 from flask_sock import Sock
 
-from dash_app import cards, controls, graphs, status
+from dash_app import cards, controls, graphs, pipeline_page, status
 from dash_app.live import Pages, hang_up, serve_frames
 from dash_app.services import Services
 
@@ -20,37 +26,29 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def create_app(services: Services) -> Dash:
-    app = Dash(__name__, title="Sensor dashboard", assets_folder=ASSETS, update_title=None)
-    app.layout = html.Div(
-        className="page",
-        children=[
-            html.Header(
-                className="header", children=[html.H1("Sensors"), status.layout(), html.Span(id="notice", className="notice"), controls.layout()]
-            ),
-            cards.layout(),
-            graphs.layout(),
-            # Plumbing: the socket, what the history load hands to the live path, a 1 s tick.
-            WebSocket(id="ws"),
-            dcc.Store(id="cursor"),
-            dcc.Store(id="live-state"),
-            dcc.Store(id="reload", data=0),
-            dcc.Store(id="latest"),
-            dcc.Store(id="health"),
-            dcc.Store(id="live-config", data=graphs.live_config(services)),
-            dcc.Interval(id="tick", interval=1000),
-        ],
-    )
+    app = Dash(__name__, title="Sensor dashboard", assets_folder=ASSETS, update_title=None, use_pages=True, pages_folder="")
+    dash.register_page("sensors", path="/", name="Sensors", title="Sensor dashboard", order=0,
+                       layout=lambda **_kwargs: sensor_layout(services))
+    dash.register_page("pipeline", path=pipeline_page.PATH, name="Pipeline", title="Pipeline · Sensor dashboard", order=1,
+                       layout=pipeline_page.layout)
+    app.layout = html.Div([navigation(), dash.page_container])
     graphs.register(app, services)
     controls.register(app)
     cards.register(app)
     status.register(app)
+    pipeline_page.register(app, services)
 
     sock = Sock(app.server)
     bucket_ms = services.cfg.live_window_s * 1000 // services.cfg.live_buckets
 
+    hosts = services.cfg.dashboard_hosts
+
     @app.server.before_request
-    def same_origin_only():
-        # A page of another site open in the same browser must not read the live stream.
+    def known_host_and_same_origin_only():
+        # A name this dashboard does not go by (DNS rebinding) gets nothing; and a page of
+        # another site open in the same browser must not read the live stream.
+        if hosts is not None and urlsplit(f"//{request.host}").hostname not in hosts:
+            return Response(f"unknown host {request.host!r} (see DASH_ALLOWED_HOSTS)", status=403)
         if request.path == LIVE_PATH and not same_origin(request.headers.get("Origin"), request.host):
             return Response("live stream: cross-origin request refused", status=403)
         return None
@@ -69,6 +67,37 @@ def create_app(services: Services) -> Dash:
             hang_up(ws)
 
     return app
+
+
+def sensor_layout(services: Services) -> html.Div:
+    """The page at `/`: header with status and range controls, cards, charts, live plumbing."""
+    return html.Div(
+        className="page",
+        children=[
+            html.Header(
+                className="header", children=[html.H1("Sensors"), status.layout(), html.Span(id="notice", className="notice"), controls.layout()]
+            ),
+            cards.layout(),
+            graphs.layout(),
+            # Plumbing: the socket, what the history load hands to the live path, a 1 s tick.
+            WebSocket(id="ws"),
+            dcc.Store(id="cursor"),
+            dcc.Store(id="live-state"),
+            dcc.Store(id="reload", data=0),
+            dcc.Store(id="latest"),
+            dcc.Store(id="health"),
+            dcc.Store(id="live-config", data=graphs.live_config(services)),
+            dcc.Interval(id="tick", interval=1000),
+        ],
+    )
+
+
+def navigation() -> html.Nav:
+    """The one navigation both pages share."""
+    return html.Nav(className="nav", children=[
+        dcc.Link("Sensors", href="/", refresh=True, id="nav-sensors"),
+        dcc.Link("Pipeline", href=pipeline_page.PATH, refresh=True, id="nav-pipeline"),
+    ])
 
 
 def same_origin(origin: str | None, host: str) -> bool:

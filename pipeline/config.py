@@ -52,6 +52,10 @@ class Config(BaseSettings):
         "", "empty, or HOST:PORT[,HOST:PORT...]",
         "Kafka brokers to use. Empty: the embedded broker on 127.0.0.1:BROKER_PORT (started by `run all` / `run broker`). "
         "Each host must resolve when a command starts.")
+    kafka_client_config: str = _setting(
+        "", "empty, or PROPERTY=VALUE[;PROPERTY=VALUE...]",
+        "Extra librdkafka properties for every Kafka client of the product, e.g. "
+        "`security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512;sasl.username=dash;sasl.password=...` (see Security).")
     broker_port: int = _port(19092, "Port of the embedded broker.")
     broker_max_mb: int = _count(
         1024, "Memory of the embedded broker (it keeps every message) above which `run all` renews it: an empty broker starts "
@@ -86,6 +90,10 @@ class Config(BaseSettings):
         "Longest a store writer may go between polls before its group drops it (Kafka's `max.poll.interval.ms`). Writers "
         "keep polling through store outages, so only tests change it.", ge=6000)
     dash_host: str = _setting("127.0.0.1", "a host name or address", "Address the dashboard listens on.", min_length=1)
+    dash_allowed_hosts: str = _setting(
+        "", "empty, `*`, or HOST[,HOST...]",
+        "Host names the dashboard answers to besides 127.0.0.1, localhost and DASH_HOST (a page reached under another "
+        "name gets 403: DNS rebinding cannot turn a foreign site into this one). `*`: any.")
     dash_port: int = _port(8050, "Port of the dashboard (page and live websocket); it must be free when the dashboard starts.")
     live_window_s: int = _count(300, "Width of the dashboard's live window, in seconds.")
     live_max_points: int = _count(2000, "Most points per series a history range returns before the store averages it into buckets.")
@@ -106,6 +114,12 @@ class Config(BaseSettings):
             bootstrap_hosts(value)  # raises ValueError naming the bad entry
         return value
 
+    @field_validator("kafka_client_config")
+    @classmethod
+    def _client_config(cls, value: str) -> str:
+        client_properties(value)  # raises ValueError naming the bad entry
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -114,12 +128,35 @@ class Config(BaseSettings):
         return value.upper()
 
     @property
+    def dashboard_hosts(self) -> set[str] | None:
+        """Host names (no port) the dashboard answers to; None: any."""
+        names = {h.strip().lower() for h in self.dash_allowed_hosts.split(",") if h.strip()}
+        if "*" in names:
+            return None
+        return names | {"127.0.0.1", "localhost", "::1", self.dash_host.lower()}
+
+    @property
+    def kafka_client_properties(self) -> dict[str, str]:
+        return client_properties(self.kafka_client_config)
+
+    @property
     def embedded_broker(self) -> bool:
         return not self.kafka_bootstrap_servers
 
     @property
     def bootstrap_servers(self) -> str:
         return self.kafka_bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+
+def client_properties(text: str) -> dict[str, str]:
+    """`a.b=1;c.d=x` -> {"a.b": "1", "c.d": "x"}; ValueError naming an entry without a value."""
+    properties = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{item!r} is not PROPERTY=VALUE")
+        properties[key.strip()] = value.strip()
+    return properties
 
 
 @dataclass(frozen=True)

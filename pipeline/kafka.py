@@ -30,6 +30,7 @@ def _common(cfg: Config, client_id: str, on_error=None, bootstrap: str | None = 
         # librdkafka logs every failed reconnect; error_cb summarizes them readably instead.
         "log_level": 2,
         "error_cb": on_error or ErrorSummary(client_id),
+        **cfg.kafka_client_properties,  # KAFKA_CLIENT_CONFIG: SASL, TLS...
     }
 
 
@@ -136,7 +137,7 @@ def consumer(cfg: Config, group_id: str, client_id: str, *, offset_reset: str, o
 
 
 def admin(cfg: Config) -> AdminClient:
-    return AdminClient({"bootstrap.servers": cfg.bootstrap_servers, "log_level": 2, "error_cb": ErrorSummary("admin")})
+    return AdminClient({"bootstrap.servers": cfg.bootstrap_servers, "log_level": 2, "error_cb": ErrorSummary("admin"), **cfg.kafka_client_properties})
 
 
 def group_progress(bootstrap: str, topic: str, group: str, timeout: float = 10) -> tuple[int, int]:

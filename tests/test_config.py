@@ -77,7 +77,8 @@ def test_command_line_options_are_validated_like_their_variable():
 BAD = [
     ("RATE", "0"), ("RATE", "-1"), ("RATE", "1001"), ("RATE", "fast"), ("RATE", "nan"),
     ("ROOMS", "0"), ("DEVICES", "-2"), ("PARTITIONS", "0"), ("WRITER_BATCH_SIZE", "0"), ("WRITER_FLUSH_MS", "-5"),
-    ("LIVE_WINDOW_S", "-300"), ("LIVE_MAX_POINTS", "0"), ("LIVE_BUCKETS", "0"), ("BROKER_MAX_MB", "0"),
+    ("LIVE_WINDOW_S", "-300"), ("LIVE_MAX_POINTS", "0"), ("LIVE_BUCKETS", "0"), ("LIVE_MAX_PAGES", "0"), ("BROKER_MAX_MB", "0"),
+    ("KAFKA_CLIENT_CONFIG", "security.protocol"), ("KAFKA_CLIENT_CONFIG", "a=1;=2"),
     ("PRODUCER_LINGER_MS", "-1"), ("BROKER_PORT", "99999"), ("BROKER_PORT", "0"), ("DASH_PORT", "70000"),
     ("REPLICATION_FACTOR", "0"), ("LOG_LEVEL", "loud"),
     ("STORE_URL", "foo://bar"), ("STORE_URL", "sqlite:///missing/dir/x.db"), ("STORE_URL", "sqlite://x.db"), ("STORE_URL", "questdb://"),

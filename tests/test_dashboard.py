@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 import pytest
 from simple_websocket import Client, ConnectionClosed
@@ -241,7 +243,7 @@ def test_a_longer_range_comes_from_the_store_and_zooming_requeries_it(dashboard)
     assert duo.get_logs() == [], "browser console errors across range switches"
 
 
-def test_live_sockets_are_bounded_and_same_origin_only(dash_thread_server, stack):
+def test_live_sockets_are_bounded_same_origin_and_known_hosts_only(dash_thread_server, stack):
     stack.env["LIVE_MAX_PAGES"] = "1"
     services = Services.from_config(stack.config())  # no live feed: frames are heartbeats
     try:
@@ -260,6 +262,13 @@ def test_live_sockets_are_bounded_and_same_origin_only(dash_thread_server, stack
         third.close()
         with pytest.raises(SocketError):
             Client.connect(url, headers={"Origin": "http://elsewhere.example"})
+        # A name the dashboard does not go by (DNS rebinding) gets nothing at all.
+        port = urlsplit(dash_thread_server.url).port
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": f"rebound.example:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused_host:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused_host.value.code == 403
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).status == 200
     finally:
         services.stop()
 
