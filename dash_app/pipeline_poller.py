@@ -8,8 +8,10 @@ renewed the embedded broker onto another port) and asks, in this order:
   replicas. Embedded broker: one broker (node id 111 in our runs), leader = replicas = ISR = it,
   controller id = it. Correct for a single node.
 - `describe_cluster`: cluster id and controller. Embedded: answered (the one node).
-- `list_consumer_groups`: the group ids. Embedded: answered; every state comes back UNKNOWN, so
-  the state shown comes from the describe below.
+- `list_consumer_groups`: the group ids. Embedded: only groups that have committed offsets
+  (a dashboard's group commits none, so it is left out even while it has members) and every
+  state UNKNOWN; the poller adds this process's own dashboard group by id
+  (`kafka.created_groups`), and the state shown comes from the describe below.
 - members: on Apache Kafka `describe_consumer_groups` (state, members with client id, host and
   assigned partitions). Embedded: that call answers STABLE with no members, so the classic
   DescribeGroups request is sent directly (dash_app/group_wire.py); it lists members by member id
@@ -41,6 +43,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaExcepti
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dash_app import group_wire
+from pipeline import kafka
 from pipeline.broker import current_address, read_address
 from pipeline.config import Config
 from pipeline.schema import TOPICS
@@ -148,7 +151,7 @@ class PipelinePoller(threading.Thread):
         common = {"bootstrap.servers": address, "log_level": 2, "error_cb": lambda _err: None}
         self.admin = AdminClient(common)
         # Reads last batches and dead letters by assign(): it never joins or commits to a group.
-        self.probe = Consumer({**common, "group.id": "dashboard-pipeline-probe", "client.id": "dashboard-pipeline",
+        self.probe = Consumer({**common, "group.id": "pipeline-page-probe", "client.id": "dashboard-pipeline",
                                "enable.auto.commit": False, "fetch.wait.max.ms": 100, "enable.partition.eof": False})
 
     # -- one poll ----------------------------------------------------------------------------
@@ -166,7 +169,8 @@ class PipelinePoller(threading.Thread):
         latest = admin.list_offsets({tp: OffsetSpec.latest() for tp in parts}, request_timeout=TIMEOUT_S) if parts else {}
         earliest = admin.list_offsets({tp: OffsetSpec.earliest() for tp in parts}, request_timeout=TIMEOUT_S) if parts else {}
         desc = cluster.result()
-        group_ids = sorted(g.group_id for g in listed.result().valid)
+        listed_ids = {g.group_id for g in listed.result().valid}
+        group_ids = sorted(listed_ids | {g for g in kafka.created_groups if g.startswith(DASHBOARD_PREFIX)})
         groups = self._groups(group_ids, {n: len(t.partitions) for n, t in topics.items()})
         # Committed offsets before end offsets: a commit can then never pass the end it is compared with.
         committed = self._committed(group_ids)
@@ -276,11 +280,13 @@ class PipelinePoller(threading.Thread):
         return lag
 
     def _note_members(self, now: int, g: dict) -> None:
-        members = tuple((m["client_id"], tuple(m["partitions"])) for m in g["members"])
-        before = self.members_seen.get(g["id"])
-        if before is not None and before != members and g["state"] not in ("PreparingRebalance", "CompletingRebalance"):
-            self.events.append((now, g["id"], f"{g['id']}: {len(before)} → {len(members)} member(s)"))
-        if g["state"] not in ("PreparingRebalance", "CompletingRebalance"):
+        # Only settled states count: mid-rebalance the embedded broker says "Unknown", Kafka
+        # "PreparingRebalance" or "CompletingRebalance", and no assignment is final yet.
+        if g["state"] in ("Stable", "Empty"):
+            members = tuple((m["member_id"], tuple(m["partitions"])) for m in g["members"])
+            before = self.members_seen.get(g["id"])
+            if before is not None and before != members:
+                self.events.append((now, g["id"], f"{g['id']}: {len(before)} → {len(members)} member(s)"))
             self.members_seen[g["id"]] = members
         if g["total_lag"] is not None:
             self.lag_history.setdefault(g["id"], deque()).append((now, g["total_lag"]))

@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass, field
 
 from dash_app.live import Health, LiveFeed, Pages, Ring
+from dash_app.pipeline_poller import PipelinePoller
 from pipeline.config import Config
 from pipeline.store import Store, StoreUnavailable, open_store
 
@@ -22,6 +23,7 @@ class Services:
     ring: Ring = field(default_factory=lambda: Ring(RING_SIZE))
     health: Health = field(default_factory=Health)
     feed: LiveFeed | None = None
+    pipeline: PipelinePoller | None = None  # the /pipeline page's one poller of Kafka's admin API
     tables_ready: bool = False
     stopping: threading.Event = field(default_factory=threading.Event)
     pages: Pages = field(init=False)
@@ -43,6 +45,8 @@ class Services:
         if not self.feed.ready.wait(FEED_START_S):
             log.warning("live feed not assigned after %.0fs (broker down?); serving history only until it is", FEED_START_S)
         threading.Thread(target=self._watch_store, name="store-health", daemon=True).start()
+        self.pipeline = PipelinePoller(self.cfg, self.stopping)
+        self.pipeline.start()
         return self
 
     def _watch_store(self) -> None:
@@ -70,4 +74,6 @@ class Services:
         if self.feed:
             self.feed.stop()
             self.feed.join(5)
+        if self.pipeline:
+            self.pipeline.join(5)
         self.store.close()

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -179,6 +180,13 @@ def end_offsets(probe: Consumer, parts: list[TopicPartition], timeout: float = 1
     return ends
 
 
+# The groups unique_group made in this process, newest last. The embedded broker's ListGroups
+# leaves out groups that never committed (a dashboard's), so /pipeline asks for these by id.
+created_groups: deque[str] = deque(maxlen=8)
+
+
 def unique_group(prefix: str) -> str:
     """A consumer group of one process: each dashboard reads every message (pub/sub)."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+    group = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    created_groups.append(group)
+    return group

@@ -1,0 +1,146 @@
+"""/pipeline against the real embedded stack, and the pieces it is built from.
+
+The browser test runs `run all --no-dashboard`, serves the app through dash_duo (its poller
+included), starts a second store writer by hand as the README's walkthrough does, and checks
+what the page says against what the writers themselves log.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import pytest
+from confluent_kafka import Producer
+
+from dash_app.app import create_app
+from dash_app.group_wire import client_id_of, parse_assignment, parse_response
+from dash_app.pipeline_poller import group_topics, range_assign
+from dash_app.services import Services
+from pipeline.broker import current_address
+from pipeline.schema import TOPICS, InvalidMessage, validate
+from pipeline.store import open_store
+from tests.helpers import stop_process, wait_for
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+MEMBERS = """
+return Array.from(document.querySelectorAll('tr.member')).map(tr => ({
+    group: tr.dataset.group, member: tr.dataset.member,
+    partitions: tr.dataset.partitions ? tr.dataset.partitions.split(' ') : [],
+}));
+"""
+
+
+def test_range_assign_matches_librdkafka_range_assignor():
+    # Members sorted by id; 3 partitions over 2 members: the first gets 2, the second 1.
+    assert range_assign(["b", "a"], {"t": 3}) == {"a": [("t", 0), ("t", 1)], "b": [("t", 2)]}
+    assert range_assign(["a"], {"t": 3, "u": 2}) == {"a": [("t", 0), ("t", 1), ("t", 2), ("u", 0), ("u", 1)]}
+    assert range_assign(["a", "b", "c", "d"], {"t": 3})["d"] == []
+    assert range_assign([], {"t": 3}) == {}
+
+
+def test_group_topics_and_client_ids():
+    assert group_topics("store-writer.temperature") == ["temperature"]
+    assert group_topics("dashboard-0123456789ab") == list(TOPICS)
+    assert group_topics("someone-else") is None
+    assert client_id_of("writer-humidity-9011fb51-904e-4ccf-b42a-d5e862826dbf") == "writer-humidity"
+    assert client_id_of("odd") == "odd"
+
+
+def test_describe_groups_response_is_parsed():
+    def s(text: str) -> bytes:
+        return len(text).to_bytes(2, "big") + text.encode()
+
+    assignment = (0).to_bytes(2, "big") + (1).to_bytes(4, "big") + s("t") + (2).to_bytes(4, "big") \
+        + (0).to_bytes(4, "big") + (2).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    member = s("c-9011fb51-904e-4ccf-b42a-d5e862826dbf") + s("") + s("") + (0).to_bytes(4, "big") \
+        + len(assignment).to_bytes(4, "big") + assignment
+    body = (7).to_bytes(4, "big") + (1).to_bytes(4, "big") + (0).to_bytes(2, "big") + s("g") + s("Stable") \
+        + s("consumer") + s("") + (1).to_bytes(4, "big") + member
+    (group,) = parse_response(body)
+    assert (group.group_id, group.state, len(group.members)) == ("g", "Stable", 1)
+    assert group.members[0].client_id == "c" and group.members[0].assignment == {"t": [0, 2]}
+    assert parse_assignment(b"") == {}
+
+
+@pytest.fixture
+def pipeline(stack):
+    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", "2", log_name="all")
+    try:
+        with open_store(stack.store_url) as store:
+            store.ensure_tables()
+            wait_for(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 30, "rows in every table")
+        yield stack
+    finally:
+        assert stop_process(proc, signal.SIGINT) == 0
+
+
+def members(duo, group: str) -> list[dict]:
+    return [m for m in duo.driver.execute_script(MEMBERS) if m["group"] == group]
+
+
+def split_covers_all(found: list[dict], count: int, partitions: int) -> bool:
+    owned = [set(m["partitions"]) for m in found]
+    union = set().union(*owned) if owned else set()
+    return (len(found) == count and sum(map(len, owned)) == len(union)
+            and union == {f"temperature/{p}" for p in range(partitions)} and all(owned))
+
+
+def test_pipeline_page_shows_topics_groups_a_rebalance_and_dead_letters(dash_duo, pipeline):
+    services = Services.from_config(pipeline.config()).start()
+    try:
+        dash_duo.start_server(create_app(services))
+        duo = dash_duo
+        duo.driver.get(duo.server_url + "/pipeline")
+        partitions = pipeline.config().partitions
+        for topic in TOPICS:
+            duo.wait_for_contains_text("#topics-table", f"{topic}.dlq", timeout=20)
+            duo.wait_for_element(f'#topics-table tr[data-topic="{topic}"]')
+            duo.wait_for_element(f'.group[data-group="store-writer.{topic}"]', timeout=20)
+        # Each dashboard process reads every partition of every topic in a group of its own.
+        dashboards = wait_for(lambda: [m for m in duo.driver.execute_script(MEMBERS) if m["group"].startswith("dashboard-")],
+                              20, "the dashboard's own group")
+        assert len(dashboards) == 1 and len(dashboards[0]["partitions"]) == len(TOPICS) * partitions
+        group = "store-writer.temperature"
+        wait_for(lambda: split_covers_all(members(duo, group), 1, partitions), 20, "one writer owning every partition")
+        (first,) = members(duo, group)
+        assert "Stable" in duo.find_element(f'.group[data-group="{group}"] h3').text
+
+        # A second writer, as in the README: it appears as a second member; the partitions are split.
+        started = time.monotonic()
+        log_name = "second-writer"
+        with pipeline.running("pipeline.run", "consumer", "temperature", log_name=log_name):
+            wait_for(lambda: split_covers_all(members(duo, group), 2, partitions), 20, "two members splitting the partitions")
+            assert time.monotonic() - started < 20
+            (second,) = [m for m in members(duo, group) if m["member"] != first["member"]]
+            # The page's (computed) assignment is what the new writer says it was given.
+            assigned = wait_for(lambda: re.findall(r"assigned partitions \[([\d, ]*)\]", pipeline.log(log_name)), 10, "the writer's log")
+            logged = {f"temperature/{p}" for p in assigned[-1].split(", ") if p}
+            assert set(second["partitions"]) == logged, (second, assigned)
+            chart = duo.driver.execute_script(
+                "return document.getElementById('pipeline-lag').querySelector('.js-plotly-plot').data.map(t => t.name)")
+            assert group in chart
+        stopped = time.monotonic()
+        wait_for(lambda: split_covers_all(members(duo, group), 1, partitions), 40, "the partitions given back")
+        assert time.monotonic() - stopped < 40
+        events = duo.driver.execute_script(
+            "return (document.getElementById('pipeline-lag').querySelector('.js-plotly-plot').data"
+            ".find(t => t.name === 'rebalance') || {text: []}).text")
+        assert any(group in e for e in events), events
+
+        # A malformed message: the writer dead-letters it, the page shows it with its reason.
+        bad = b'{"ts": 1, "room": "kitchen", "value": 21.5, "unit": "\xc2\xb0C"}'
+        with pytest.raises(InvalidMessage) as refused:
+            validate(TOPICS["temperature"], bad, b"kitchen", int(time.time() * 1000))
+        producer = Producer({"bootstrap.servers": current_address(pipeline.config())})
+        producer.produce("temperature", key=b"kitchen", value=bad)
+        assert producer.flush(10) == 0
+        wait_for(lambda: any(str(refused.value) in row.text for row in duo.find_elements('tr.dead-letter[data-topic="temperature"]')),
+                 20, "the dead letter on the page")
+        assert duo.get_logs() == [], "browser console errors"
+        # The sensor page still works beside it, reached through the shared navigation.
+        duo.find_element("#nav-sensors").click()
+        duo.wait_for_text_to_equal("#status", "live", timeout=30)
+    finally:
+        services.stop()
