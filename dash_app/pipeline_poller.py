@@ -148,7 +148,8 @@ class PipelinePoller(threading.Thread):
             self._reset_partitions()
         self._close_clients()
         self.address = address
-        common = {"bootstrap.servers": address, "log_level": 2, "error_cb": lambda _err: None}
+        # Connection failures show on the page (broker panel): no error_cb summary lines needed.
+        common = {"bootstrap.servers": address, "log_level": 2, "error_cb": lambda _err: None, **self.cfg.kafka_client_properties}
         self.admin = AdminClient(common)
         # Reads last batches and dead letters by assign(): it never joins or commits to a group.
         self.probe = Consumer({**common, "group.id": "pipeline-page-probe", "client.id": "dashboard-pipeline",
