@@ -101,8 +101,9 @@ def _tick_all() -> None:
 _ticker = threading.Thread(target=_tick_all, name="kafka-errors", daemon=True)  # serves every ErrorSummary
 
 
-def producer(cfg: Config, client_id: str, bootstrap: str | None = None) -> Producer:
-    """`bootstrap` overrides cfg.bootstrap_servers (a renewed embedded broker, see broker.py)."""
+def producer(cfg: Config, client_id: str, bootstrap: str | None = None, overrides: dict | None = None) -> Producer:
+    """`bootstrap` overrides cfg.bootstrap_servers (a renewed embedded broker, see broker.py);
+    `overrides` replaces any setting below."""
     return Producer(
         {
             **_common(cfg, client_id, bootstrap=bootstrap),
@@ -113,6 +114,7 @@ def producer(cfg: Config, client_id: str, bootstrap: str | None = None) -> Produ
             # UNKNOWN_PRODUCER_ID after an embedded-broker restart, and buy nothing here.
             "enable.idempotence": False,
             "message.timeout.ms": 120_000,
+            **(overrides or {}),
         }
     )
 
