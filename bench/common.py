@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Self
 
 import psutil
+
+from tests.helpers import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -143,15 +144,8 @@ def free_port() -> int:
 
 
 def stop(proc: subprocess.Popen, timeout: float = 15.0) -> int:
-    """SIGTERM by PID, SIGKILL after `timeout`; returns the exit code."""
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    """SIGTERM by PID, then SIGKILL for it and its descendants after `timeout`; the exit code."""
+    return stop_process(proc, timeout=timeout)
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:

@@ -17,7 +17,7 @@ import time
 from gunicorn.app.base import BaseApplication
 
 from pipeline import config
-from pipeline.daemon import PARENT_ENV, setup_logging
+from pipeline.daemon import PARENT_ENV, setup_logging, watch_supervisor
 
 # The settings the dashboard reads (all of them are environment variables: see the README).
 READS = ("DASH_HOST", "DASH_PORT", "DASH_ALLOWED_HOSTS", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CLIENT_CONFIG", "BROKER_PORT", "STORE_URL",
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         config.fail(str(exc))
     setup_logging(cfg)
-    logging.getLogger("dash_app").info("dashboard on http://%s:%d/", cfg.dash_host, cfg.dash_port)
+    log = logging.getLogger("dash_app")
+    log.info("dashboard on http://%s:%d/", cfg.dash_host, cfg.dash_port)
+    watch_supervisor(log, lambda: os.kill(os.getpid(), signal.SIGTERM))  # gunicorn stops gracefully
     Dashboard(cfg).run()
     return 0
 

@@ -32,18 +32,27 @@ def stop_event(name: str) -> threading.Event:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    parent = os.environ.get(PARENT_ENV)
-    if parent:
-        # Children run in their own session (so Ctrl-C reaches only the supervisor); if the
-        # supervisor is killed outright, they must not live on as orphans.
-        def watch():
-            while not stop.wait(1.0):
-                if os.getppid() != int(parent):
-                    log.warning("supervisor %s is gone, stopping", parent)
-                    stop.set()
-
-        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    watch_supervisor(log, stop.set)
     return stop
+
+
+def watch_supervisor(log: logging.Logger, on_gone) -> None:
+    """Call `on_gone` once if the supervisor that started this process dies.
+
+    Children run in their own session (so Ctrl-C reaches only the supervisor); if the supervisor
+    is killed outright, they must not live on as orphans.
+    """
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+
+    def watch():
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        log.warning("supervisor %s is gone, stopping", parent)
+        on_gone()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def backoff(attempt: int, cap: float = 10.0) -> float:

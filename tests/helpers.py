@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,13 +37,24 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 
 
 def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> int:
+    """Signal `proc`, wait `timeout` s, then SIGKILL it and every process it started (a
+    supervisor's children run in sessions of their own: they would outlive it as orphans)."""
     if proc.poll() is None:
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            family = []
         proc.send_signal(sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        for child in family:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
     return proc.returncode
 
 
