@@ -89,16 +89,15 @@ def cpu_of(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
     return out
 
 
-def processes(run_all: int, driver) -> dict[str, list[psutil.Process]]:
-    """The browser, the dashboard and the broker, each with its children."""
+def processes(run_all: int, driver, dashboard: int | None) -> dict[str, list[psutil.Process]]:
+    """The browser, the dashboard (run all's, or the polling page's) and the broker, with children."""
     def family(p: psutil.Process) -> list[psutil.Process]:
         return [p, *p.children(recursive=True)]
 
     kids = psutil.Process(run_all).children(recursive=True)
-    chrome = psutil.Process(driver.service.process.pid)
     return {
-        "browser": family(chrome),
-        "dashboard": [p for p in kids if "dash_app" in " ".join(p.cmdline())],
+        "browser": family(psutil.Process(driver.service.process.pid)),
+        "dashboard": family(psutil.Process(dashboard)) if dashboard else [p for p in kids if "dash_app" in " ".join(p.cmdline())],
         "broker": [p for p in kids if "tansu" in " ".join(p.cmdline())],
     }
 
@@ -125,8 +124,7 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
             "pipeline.run", "all", "--rate", str(per_sensor), "--rooms", str(rooms), "--devices", str(devices),
             *(["--no-dashboard"] if page == "polling" else []), log_name="all",
         )
-        if page == "polling":
-            stack.spawn("bench.polling_app", log_name="polling")
+        polling = stack.spawn("bench.polling_app", log_name="polling") if page == "polling" else None
         url = f"http://127.0.0.1:{stack.env['DASH_PORT']}/"
         wait_until(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 90, "the dashboard")
         cfg = stack.config()
@@ -142,7 +140,7 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
             driver.execute_script(HOOK)
             time.sleep(warmup)
             driver.execute_script(TAKE)
-            procs = processes(run_all.pid, driver)
+            procs = processes(run_all.pid, driver, polling.pid if polling else None)
             cpu0, t0 = cpu_of(procs), int(time.time() * 1000)
             records: list = []
             while time.time() * 1000 < t0 + duration * 1000:
