@@ -75,18 +75,32 @@ def parse_rate(text: str) -> tuple[float, int, int]:
     return float(rate), int(rooms), int(devices)
 
 
-def cpu_of(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
-    out = {}
-    for name, family in procs.items():
-        total = 0.0
-        for p in family:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        out[name] = total
-    return out
+class CpuMeter:
+    """CPU seconds per kind of process over a window, counting processes that start (a renewed
+    broker) or end during it: each process counts from its first sample to its last."""
+
+    def __init__(self, find):
+        self.find = find  # () -> {kind: [psutil.Process]}
+        self.first: dict[tuple[str, int], float] = {}
+        self.last: dict[tuple[str, int], float] = {}
+        self.sample(start=True)
+
+    def sample(self, start: bool = False) -> None:
+        for kind, family in self.find().items():
+            for p in family:
+                try:
+                    t = p.cpu_times()
+                except psutil.Error:
+                    continue
+                key = (kind, p.pid)
+                self.first.setdefault(key, t.user + t.system if start else 0.0)
+                self.last[key] = t.user + t.system
+
+    def cores(self, seconds: float) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for key, value in self.last.items():
+            out[key[0]] += (value - self.first[key]) / seconds
+        return out
 
 
 def processes(run_all: int, driver, dashboard: int | None) -> dict[str, list[psutil.Process]]:
@@ -140,14 +154,14 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
             driver.execute_script(HOOK)
             time.sleep(warmup)
             driver.execute_script(TAKE)
-            procs = processes(run_all.pid, driver, polling.pid if polling else None)
-            cpu0, t0 = cpu_of(procs), int(time.time() * 1000)
+            meter = CpuMeter(lambda: processes(run_all.pid, driver, polling.pid if polling else None))
+            t0 = int(time.time() * 1000)
             records: list = []
             while time.time() * 1000 < t0 + duration * 1000:
                 time.sleep(2)
                 records += driver.execute_script(TAKE)
+                meter.sample()
             t1 = int(time.time() * 1000)
-            cpu1 = cpu_of(procs)
             time.sleep(3)  # readings from just before t1 still travelling
             records += driver.execute_script(TAKE)
             drawn = {key: (xs, ys) for key, xs, ys in driver.execute_script(TRACES)}
@@ -181,7 +195,7 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
     exact, checked = bucket_check(drawn, stored, cfg.live_window_s * 1000 // cfg.live_buckets, loaded + 5000, t1 - 2000)
     expected = sensors * per_sensor * (t1 - t0) / 1000
     seconds = (t1 - t0) / 1000
-    cpu = {name: (cpu1[name] - cpu0[name]) / seconds for name in cpu0}
+    cpu = meter.cores(seconds)
     return {
         "page": page, "rate": per_sensor, "rooms": rooms, "devices": devices, "readings_per_s": sensors * per_sensor,
         "points": len(values) + missing, "delivered_pct": 100.0 * len(values) / max(1, len(values) + missing),
