@@ -36,7 +36,7 @@ class Services:
         return cls(cfg, open_store(cfg.store_url))
 
     def start(self) -> Services:
-        """Start the live consumer and the store health check (not at import: see __main__)."""
+        """Start the live consumer, the store health check and the /pipeline poller (not at import: see __main__)."""
         self.feed = LiveFeed(self.cfg, self.ring, self.health)
         self.feed.start()
         self._check_store()
