@@ -29,7 +29,7 @@ from typing import Self
 
 import psutil
 
-from tests.helpers import stop_process
+from tests.helpers import browser, stop_process  # noqa: F401 - browser is part of this module's kit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -103,27 +103,6 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence], title: str | N
 
 
 # -- browser -------------------------------------------------------------------------------------
-# Headless Chromium as root on a machine without a network (DESIGN.md, "Browser tests").
-CHROME_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-    # A headless page is nobody's foreground tab: keep Chromium from lowering its priority and
-    # throttling its timers as it does for background tabs, which a person's open page is not.
-    "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
-)
-
-
-def browser():
-    """Debian's headless Chromium through chromedriver, with a fresh profile."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-
-    options = Options()
-    for flag in (*CHROME_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options)
-
-
 def wait_until(predicate, timeout: float, what: str) -> None:
     """Poll until predicate() holds; an exception (a page not rendered yet) counts as no."""
     def holds() -> bool:

@@ -24,7 +24,7 @@ from pipeline import config
 from pipeline.producer import sensors
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
-from tests.helpers import free_port, stop_process, wait_for
+from tests.helpers import browser, free_port, stop_process, wait_for
 
 
 def backfill(minutes: int) -> None:
@@ -40,17 +40,7 @@ def backfill(minutes: int) -> None:
 
 
 def shoot(url: str, out: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-
-    options = Options()
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1400,1050",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options)
+    driver = browser("--hide-scrollbars", "--window-size=1400,1050")
     try:
         driver.get(url)
         wait_for(lambda: driver.find_element("id", "status").text == "live", 30, "the page to go live")

@@ -5,25 +5,15 @@ Everything a test starts is stopped in `finally`, by PID, and binds to 127.0.0.1
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pytest
 
-from tests.helpers import Stack, free_port, wait_for
+from tests.helpers import Stack, chrome_options, free_port, wait_for
 
 
 def pytest_setup_options():
     """Chrome flags for dash_duo: headless Chromium as root, on a machine without a network."""
-    from selenium.webdriver.chrome.options import Options
-
-    options = Options()
-    for flag in (
-        "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1200",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
-    ):
-        options.add_argument(flag)
-    return options
+    return chrome_options("--window-size=1400,1200")
 
 
 @pytest.fixture

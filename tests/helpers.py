@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -56,6 +57,33 @@ def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15
             except psutil.Error:
                 pass
     return proc.returncode
+
+
+# Headless Chromium as root on a machine without a network (DESIGN.md, "Browser tests").
+CHROME_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+    # A headless page is nobody's foreground tab: keep Chromium from lowering its priority and
+    # throttling its timers as it does for background tabs, which a person's open page is not.
+    "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
+)
+
+
+def chrome_options(*extra: str):
+    """Selenium options for CHROME_FLAGS with a fresh profile; `extra` flags come last (and win)."""
+    from selenium.webdriver.chrome.options import Options
+
+    options = Options()
+    for flag in (*CHROME_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}", *extra):
+        options.add_argument(flag)
+    return options
+
+
+def browser(*extra: str):
+    """Debian's headless Chromium through chromedriver (benchmarks, the screenshot script)."""
+    from selenium import webdriver
+
+    return webdriver.Chrome(options=chrome_options(*extra))
 
 
 @dataclass
