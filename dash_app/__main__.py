@@ -21,6 +21,7 @@ from pipeline.daemon import PARENT_ENV, setup_logging, watch_supervisor
 
 # The settings the dashboard reads (all of them are environment variables: see the README).
 READS = ("DASH_HOST", "DASH_PORT", "DASH_ALLOWED_HOSTS", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CLIENT_CONFIG", "BROKER_PORT", "STORE_URL",
+         "QUESTDB_PG_URL",
          "LIVE_WINDOW_S", "LIVE_MAX_POINTS", "LIVE_BUCKETS", "LIVE_MAX_PAGES", "LOG_LEVEL")
 PORT_WAIT_S = 10.0
 

@@ -33,7 +33,7 @@ class Services:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Services:
-        return cls(cfg, open_store(cfg.store_url))
+        return cls(cfg, open_store(cfg.store_url, cfg.questdb_pg_url))
 
     def start(self) -> Services:
         """Start the live consumer, the store health check and the /pipeline poller (not at import: see __main__)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import sys
 import threading
@@ -67,9 +68,20 @@ class Config(BaseSettings):
         "Cores of CPU the embedded broker may gain over its lowest 30 s average before `run all` renews it (it renews when "
         "its CPU has grown by this much and doubled, after 2 minutes).", gt=0, le=2, allow_inf_nan=False)
     store_url: str = _setting(
-        "sqlite:///data/dashboard.db", "`sqlite:///relative/path`, `sqlite:////absolute/path` or `questdb://HOST[:PORT]`",
+        "sqlite:///data/dashboard.db",
+        "`sqlite:///relative/path`, `sqlite:////absolute/path`, `questdb://HOST[:PORT]`, or a QuestDB client string "
+        "`http::addr=HOST[:PORT];[KEY=VALUE;...]` or `https::addr=...;`",
         "Where readings are stored. SQLite: three slashes then a path relative to the working directory, four for an absolute "
-        "path; its folder must exist, except `RUN_DIR`, which is created. QuestDB: ILP/HTTP on PORT (9000), PG wire on 8812.")
+        "path; its folder must exist, except `RUN_DIR`, which is created. QuestDB: writers send ILP over HTTP, "
+        "`questdb://HOST[:PORT]` to PORT (9000) without TLS or login; a client string goes to QuestDB's `questdb` client as "
+        "written (plus `auto_flush=off`, and `retry_timeout=5000` unless it sets one), e.g. `https::addr=db.example:9000;username=writer;password=...;tls_roots=/etc/ssl/qdb-ca.pem;` or "
+        "`https::addr=db.example:9000;token=...;` (see Security). Reads go over PG wire: see QUESTDB_PG_URL.")
+    questdb_pg_url: str = _setting(
+        "", "empty, or `postgresql://[USER[:PASSWORD]@][HOST][:PORT][/DATABASE][?PARAM=VALUE&...]`",
+        "Where the QuestDB store is read and its tables are created (PG wire), with a QuestDB STORE_URL. Empty: STORE_URL's "
+        "host, port 8812, user `admin`, password `quest`, database `qdb` (QuestDB's defaults); a part the URL leaves out "
+        "takes the same default. Query parameters are libpq's, e.g. `?sslmode=verify-full&sslrootcert=/etc/ssl/qdb-ca.pem`; "
+        "percent-encode `@`, `:` or `/` in a password.")
     rooms: int = _count(4, "Number of simulated rooms (temperature and humidity sensors).")
     devices: int = _count(3, "Number of devices reporting system usage; the first is this machine, the others are simulated.")
     rate: float = _setting(
@@ -118,6 +130,13 @@ class Config(BaseSettings):
     @classmethod
     def _client_config(cls, value: str) -> str:
         client_properties(value)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("questdb_pg_url")
+    @classmethod
+    def _questdb_pg_url(cls, value: str) -> str:
+        if value:
+            questdb_pg_params(value)  # raises ValueError naming what is wrong
         return value
 
     @field_validator("log_level")
@@ -191,11 +210,12 @@ def bootstrap_hosts(servers: str) -> list[tuple[str, int]]:
 
 def store_url_problem(url: str, run_dir: str = DEFAULT_RUN_DIR) -> str | None:
     """What is wrong with a STORE_URL, or None. One function per scheme: add a form here."""
-    scheme, sep, rest = url.partition("://")
-    check = _STORE_CHECKS.get(scheme) if sep else None
-    if check is None:
-        return "unknown kind of store"
-    return check(url, rest, run_dir)
+    for sep in ("://", "::"):  # URLs, then QuestDB client strings (SERVICE::KEY=VALUE;...)
+        scheme, found, rest = url.partition(sep)
+        check = _STORE_CHECKS.get(scheme + sep) if found else None
+        if check is not None:
+            return check(url, rest, run_dir)
+    return "unknown kind of store"
 
 
 def _sqlite_problem(url: str, rest: str, run_dir: str) -> str | None:
@@ -210,21 +230,141 @@ def _sqlite_problem(url: str, rest: str, run_dir: str) -> str | None:
 
 
 def _questdb_problem(url: str, rest: str, run_dir: str) -> str | None:
-    host, sep, port = rest.rstrip("/").rpartition(":") if ":" in rest else (rest.rstrip("/"), "", "")
-    if not host or "/" in host or "@" in host or any(c.isspace() for c in host):
+    if "@" in rest:
+        return "questdb:// takes no login: write it in a client string, e.g. https::addr=HOST:9000;username=...;password=...;"
+    return _host_port_problem(rest.rstrip("/"))
+
+
+def _host_port_problem(address: str) -> str | None:
+    host, port = split_host_port(address)
+    if not host or any(c.isspace() or c in "/@;" for c in host):
         return "names no host"
-    if sep and not (port.isdigit() and 1 <= int(port) <= 65535):
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
         return "port is not 1 to 65535"
     return None
 
 
-_STORE_CHECKS = {"sqlite": _sqlite_problem, "questdb": _questdb_problem}
+def split_host_port(address: str) -> tuple[str, str | None]:
+    """`host:9000` -> ("host", "9000"), `host` -> ("host", None), `[::1]:9000` -> ("::1", "9000")."""
+    if address.startswith("[") and "]" in address:  # [IPv6]
+        host, _, tail = address[1:].partition("]")
+        return host, tail[1:] if tail.startswith(":") else (None if not tail else tail)
+    host, sep, port = address.rpartition(":")
+    return (host, port) if sep else (address, None)
+
+
+# QuestDB client configuration strings (the `questdb` package's Sender.from_conf): SERVICE::KEY=VALUE;...
+# with `;;` for a `;` inside a value. The keys ILP over HTTP(S) takes; auto_flush* are the writers' own
+# (they flush each batch before committing it), so a string may not set them.
+QUESTDB_CONF_KEYS = frozenset({
+    "addr", "username", "password", "token", "auth_timeout", "tls_verify", "tls_ca", "tls_roots", "tls_roots_password",
+    "max_buf_size", "retry_timeout", "retry_max_backoff_millis", "request_min_throughput", "request_timeout",
+    "protocol_version", "init_buf_size", "max_name_len", "bind_interface",
+})
+QUESTDB_OWN_KEYS = {"auto_flush": "off", "retry_timeout": "5000"}  # what the store adds (retry_timeout: unless given)
+
+
+def questdb_conf(text: str) -> tuple[str, dict[str, str]]:
+    """`http::addr=h:9000;username=u;` -> ("http", {"addr": "h:9000", "username": "u"}); ValueError if malformed."""
+    service, sep, rest = text.partition("::")
+    if not sep or not service:
+        raise ValueError("is not SERVICE::KEY=VALUE;...")
+    items, item, i = [], [], 0
+    while i < len(rest):
+        if rest.startswith(";;", i):  # an escaped `;` inside a value
+            item.append(";")
+            i += 2
+            continue
+        if rest[i] == ";":
+            items.append("".join(item))
+            item = []
+        else:
+            item.append(rest[i])
+        i += 1
+    if item:
+        items.append("".join(item))
+    params: dict[str, str] = {}
+    for entry in items:
+        key, eq, value = entry.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{entry!r} is not KEY=VALUE" if entry else "an entry is empty (one `;` too many?)")
+        if key in params:
+            raise ValueError(f"{key} is given twice")
+        params[key] = value
+    return service, params
+
+
+def _questdb_conf_problem(url: str, rest: str, run_dir: str) -> str | None:
+    try:
+        _, params = questdb_conf(url)
+    except ValueError as exc:
+        return str(exc)
+    if "addr" not in params:
+        return "names no addr=HOST[:PORT]"
+    own = sorted(k for k in params if k.startswith("auto_flush"))
+    if own:
+        return f"{own[0]} is the writers' own (they flush each batch before committing it): leave it out"
+    unknown = sorted(set(params) - QUESTDB_CONF_KEYS)
+    if unknown:
+        return f"unknown key {unknown[0]!r} for ILP over HTTP"
+    problem = _host_port_problem(params["addr"])
+    if problem:
+        return f"addr {problem}"
+    if ("username" in params) != ("password" in params):
+        return "username and password go together"
+    if "token" in params and "username" in params:
+        return "a token or a username and password, not both"
+    try:  # the client's own verdict (tls_verify values, certificate files...); it connects nowhere yet
+        from questdb import QuestDBError, Sender
+
+        Sender.from_conf(url).close()
+    except (QuestDBError, ValueError, TypeError) as exc:
+        return f"the questdb client refuses it: {exc}"
+    return None
+
+
+def _questdb_transport_problem(url: str, rest: str, run_dir: str) -> str | None:
+    return ("the writers need ILP over HTTP, which reports each batch's errors (TCP and UDP do not; ws:: needs "
+            "QuestDB 10): use http:: or https::")
+
+
+def questdb_pg_params(url: str) -> dict[str, str]:
+    """The libpq parameters a QUESTDB_PG_URL gives (only those it gives); ValueError if malformed."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("is not a postgresql:// URL")
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    except ProgrammingError as exc:
+        raise ValueError(str(exc).strip()) from None
+    port = params.get("port")
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError("port is not 1 to 65535")
+    if any(c.isspace() for c in params.get("host", "")):
+        raise ValueError("names no host")
+    return params
+
+
+_STORE_CHECKS = {
+    "sqlite://": _sqlite_problem, "questdb://": _questdb_problem,
+    "http::": _questdb_conf_problem, "https::": _questdb_conf_problem,
+    **{f"{s}::": _questdb_transport_problem for s in ("tcp", "tcps", "udp", "ws", "wss")},
+}
+_SECRET = re.compile(r"((?:password|token|tls_roots_password)=)((?:[^;]|;;)*)|(://[^:/@]*:)([^@]*)(@)", re.IGNORECASE)
+
+
+def redact(value: str) -> str:
+    """A STORE_URL or QUESTDB_PG_URL with its passwords and tokens replaced by `***`, for messages."""
+    return _SECRET.sub(lambda m: f"{m[1]}***" if m[1] else f"{m[3]}***{m[5]}", value)
 
 
 def _describe(env: str, value: Any, problem: str | None, flags: dict[str, str], expected: str | None = None) -> str:
     name = f"{flags[env]} (env {env})" if env in flags else env
     why = f": {problem};" if problem else ":"
-    return f"{name}={str(value)!r} refused{why} expected {expected or _BY_ENV[env].accepts}"
+    shown = redact(str(value)) if env in ("STORE_URL", "QUESTDB_PG_URL") else str(value)
+    return f"{name}={shown!r} refused{why} expected {expected or _BY_ENV[env].accepts}"
 
 
 def load(overrides: dict[str, str] | None = None, *, flags: dict[str, str] | None = None) -> Config:

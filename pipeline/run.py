@@ -110,7 +110,7 @@ def dispatch(args: argparse.Namespace, cfg: config.Config, stop) -> int:
         from pipeline import writer
         from pipeline.store import open_store
 
-        with open_store(cfg.store_url) as store:
+        with open_store(cfg.store_url, cfg.questdb_pg_url) as store:
             writer.run(cfg, TOPICS[args.topic], store, stop)
         return 0
     if args.command == "broker":

@@ -1,4 +1,5 @@
-"""Pick the store backend from STORE_URL: `sqlite:///PATH` or `questdb://HOST[:HTTP_PORT]`."""
+"""Pick the store backend from STORE_URL: `sqlite:///PATH`, `questdb://HOST[:HTTP_PORT]` or a QuestDB
+client string (`http::addr=...;`, `https::addr=...;`), with QUESTDB_PG_URL for QuestDB's PG wire."""
 from __future__ import annotations
 
 from urllib.parse import urlparse
@@ -8,7 +9,12 @@ from pipeline.store.base import Store, StoreUnavailable, to_ms
 __all__ = ["Store", "StoreUnavailable", "open_store", "to_ms"]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, pg_url: str = "") -> Store:
+    """The store STORE_URL names; `pg_url` (QUESTDB_PG_URL) is where a QuestDB store is read. Connects nowhere yet."""
+    if url.startswith(("http::", "https::")):
+        from pipeline.store.questdb import QuestDBStore
+
+        return QuestDBStore.from_urls(url, pg_url)
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         from pipeline.store.sqlite import SQLiteStore
@@ -23,5 +29,5 @@ def open_store(url: str) -> Store:
 
         if not parsed.hostname:
             raise ValueError(f"STORE_URL {url!r} names no host: use questdb://HOST")
-        return QuestDBStore(parsed.hostname, http_port=parsed.port or 9000)
-    raise ValueError(f"STORE_URL {url!r} is not supported: use sqlite:///PATH or questdb://HOST")
+        return QuestDBStore.from_urls(url, pg_url)
+    raise ValueError(f"STORE_URL {url!r} is not supported: use sqlite:///PATH, questdb://HOST or http::addr=HOST:PORT;")

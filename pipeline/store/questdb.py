@@ -14,21 +14,53 @@ shapes (see pipeline.store.base).
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 import psycopg
 from questdb import QuestDBError, Sender
 
+from pipeline.config import QUESTDB_OWN_KEYS, questdb_conf, questdb_pg_params, split_host_port
 from pipeline.schema import TOPICS, Batch, Reading, Topic, as_batch
 from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, to_ms
+
+log = logging.getLogger("store.questdb")
 
 _EPOCH = datetime(1970, 1, 1)
 _MAX_INT32 = 2**31 - 1
 _IDLE_CONNECTIONS = 4  # PG connections kept open for reuse; more are opened when threads need them
+PG_DEFAULTS = {"port": "8812", "user": "admin", "password": "quest", "dbname": "qdb"}  # QuestDB's own
+HELD_TIMEOUT_S = 10.0  # longest the first batch into a (re)created table may take to show (WAL: 10-110 ms)
+
+
+def sender_conf(store_url: str) -> str:
+    """The `questdb` client configuration string the writers use for a QuestDB STORE_URL.
+
+    `questdb://HOST[:PORT]` is `http::addr=HOST:PORT;` (9000 by default); a client string
+    (`http::...`, `https::...`) is used as written. Added: auto_flush=off (nothing leaves before
+    write() flushes) and, unless given, retry_timeout=5000 (retries on transient HTTP errors are
+    bounded, so a sick server surfaces as StoreUnavailable within seconds).
+    """
+    if store_url.startswith("questdb://"):
+        parsed = urlparse(store_url)
+        conf = f"http::addr={parsed.hostname}:{parsed.port or 9000};"
+    else:
+        trailing = len(store_url) - len(store_url.rstrip(";"))
+        conf = store_url if trailing % 2 else store_url + ";"  # `;;` is an escaped `;`, not the end
+    _, given = questdb_conf(conf)
+    return conf + "".join(f"{k}={v};" for k, v in QUESTDB_OWN_KEYS.items() if k not in given)
+
+
+def pg_params(store_url: str, pg_url: str = "") -> dict[str, str]:
+    """libpq parameters for QuestDB's PG wire: what QUESTDB_PG_URL gives, over QuestDB's defaults on STORE_URL's host."""
+    ilp_host, _ = split_host_port(questdb_conf(sender_conf(store_url))[1]["addr"])
+    return {"host": ilp_host, **PG_DEFAULTS, **(questdb_pg_params(pg_url) if pg_url else {})}
 
 
 def _naive_utc(t: TimeLike) -> datetime:
@@ -89,33 +121,30 @@ def _run(conn: psycopg.Connection, sql: str, params: Sequence | None) -> tuple[l
 
 
 class QuestDBStore(Store):
-    def __init__(
-        self,
-        host: str,
-        http_port: int = 9000,
-        *,
-        pg_port: int = 8812,
-        user: str = "admin",
-        password: str = "quest",
-        dbname: str = "qdb",
-        connect_timeout: int = 3,
-    ):
-        self.host = host
-        self.http_port = http_port
-        self._http_where = f"{host}:{http_port}"
-        self._pg_where = f"{host}:{pg_port}"
-        # auto_flush=off: nothing leaves before write() flushes; retries on transient HTTP errors are
-        # bounded so a sick server surfaces as StoreUnavailable within seconds.
-        self._sender_conf = f"http::addr={host}:{http_port};auto_flush=off;retry_timeout=5000;"
-        self._pg_params = {
-            "host": host, "port": pg_port, "user": user, "password": password, "dbname": dbname,
-            "connect_timeout": connect_timeout, "application_name": "pipeline-store",
-        }
+    def __init__(self, sender_conf: str, pg_params: dict[str, str], *, connect_timeout: int = 3):
+        """`sender_conf`: the ILP client string writes use; `pg_params`: libpq parameters for reads and DDL.
+
+        Nothing connects here: readers (the dashboard) open PG connections only, writers also the sender.
+        """
+        self._sender_conf = sender_conf
+        self._http_where = questdb_conf(sender_conf)[1]["addr"]  # for messages: never the credentials
+        self._pg_params = {"connect_timeout": str(connect_timeout), "application_name": "pipeline-store", **pg_params}
+        self._pg_where = f"{self._pg_params['host']}:{self._pg_params['port']}"
         self._sender: Sender | None = None
         self._write_lock = threading.Lock()  # a Sender is not thread-safe
         self._idle: list[psycopg.Connection] = []
         self._pool_lock = threading.Lock()
         self._tables_ready = False
+        # The table each write goes to, by id (see "Tables are ours" below): checked to have our schema,
+        # and trusted once a batch written into it has been read back.
+        self._checked: dict[str, int] = {}
+        self._trusted: dict[str, int] = {}
+        self._name_column: str | None = None  # tables()' name column: table_name (older servers: name)
+
+    @classmethod
+    def from_urls(cls, store_url: str, pg_url: str = "") -> QuestDBStore:
+        """The store of a QuestDB STORE_URL and QUESTDB_PG_URL (empty: QuestDB's defaults on STORE_URL's host)."""
+        return cls(sender_conf(store_url), pg_params(store_url, pg_url))
 
     # ---- PG wire -----------------------------------------------------------------------------
 
