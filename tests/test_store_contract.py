@@ -433,3 +433,68 @@ def test_a_redelivered_batch_overlapping_stored_rows_keeps_count_and_averages_ex
     for t, v in zip(ms(down["ts"]), down["value"], strict=True):
         inside = [x for ts, x in final.items() if t <= ts < t + step]
         assert v == pytest.approx(sum(inside) / len(inside)), t
+
+
+# ---- QuestDB as deployed: which endpoint and credentials each part uses (no server needed) ----------
+
+
+@pytest.mark.parametrize(("store_url", "pg_url", "sender", "pg"), [
+    ("questdb://qdb.local", "", "http::addr=qdb.local:9000;auto_flush=off;retry_timeout=5000;",
+     {"host": "qdb.local", "port": "8812", "user": "admin", "password": "quest", "dbname": "qdb"}),
+    ("questdb://qdb.local:9100", "postgresql://reader:s%40cret@pg.local:5432/qdb?sslmode=require",
+     "http::addr=qdb.local:9100;auto_flush=off;retry_timeout=5000;",
+     {"host": "pg.local", "port": "5432", "user": "reader", "password": "s@cret", "dbname": "qdb", "sslmode": "require"}),
+    ("https::addr=db.example:9000;username=writer;password=a;;b;tls_verify=unsafe_off;", "postgresql://:8813",
+     "https::addr=db.example:9000;username=writer;password=a;;b;tls_verify=unsafe_off;auto_flush=off;retry_timeout=5000;",
+     {"host": "db.example", "port": "8813", "user": "admin", "password": "quest", "dbname": "qdb"}),
+    ("http::addr=10.0.0.7;token=abc;retry_timeout=100", "postgresql://app@/qdb2",
+     "http::addr=10.0.0.7;token=abc;retry_timeout=100;auto_flush=off;",
+     {"host": "10.0.0.7", "port": "8812", "user": "app", "password": "quest", "dbname": "qdb2"}),
+], ids=["defaults", "questdb-url-and-pg-url", "https-login", "http-token"])
+def test_questdb_settings_give_each_endpoint(store_url, pg_url, sender, pg):
+    from pipeline import config
+
+    assert config.store_url_problem(store_url) is None
+    store = open_store(store_url, pg_url)  # connects nowhere
+    try:
+        assert store._sender_conf == sender
+        assert {k: v for k, v in store._pg_params.items() if k not in ("connect_timeout", "application_name")} == pg
+        assert store._sender is None and not store._idle
+    finally:
+        store.close()
+
+
+def test_writer_and_dashboard_read_questdb_pg_url(monkeypatch):
+    """Writers (`pipeline.run consumer`) write with STORE_URL and read with QUESTDB_PG_URL; the dashboard only reads."""
+    from dash_app.services import Services
+    from pipeline import config, run, writer
+
+    monkeypatch.setenv("STORE_URL", "https::addr=ilp.example:9000;username=w;password=pw;")
+    monkeypatch.setenv("QUESTDB_PG_URL", "postgresql://r:rpw@pg.example:8812/qdb")
+    cfg = config.load()
+    used = {}
+    monkeypatch.setattr(writer, "run", lambda cfg, spec, store, stop: used.update(store=store))
+    run.dispatch(run.parser().parse_args(["consumer", "temperature"]), cfg, None)
+    store = used["store"]
+    assert store._sender_conf.startswith("https::addr=ilp.example:9000;username=w;password=pw;")
+    assert (store._pg_params["host"], store._pg_params["user"], store._pg_params["password"]) == ("pg.example", "r", "rpw")
+    dashboard = Services.from_config(cfg).store
+    try:
+        assert (dashboard._pg_params["host"], dashboard._pg_params["user"]) == ("pg.example", "r")
+        assert dashboard._sender is None  # opened by write() only
+    finally:
+        dashboard.close()
+
+
+def test_refused_questdb_settings_hide_secrets(monkeypatch):
+    from pipeline import config
+
+    monkeypatch.setenv("STORE_URL", "https::addr=db:9000;username=w;password=hunter2;pasword=x;")
+    with pytest.raises(config.ConfigError) as refused:
+        config.load()
+    assert "unknown key 'pasword'" in str(refused.value) and "hunter2" not in str(refused.value)
+    monkeypatch.setenv("STORE_URL", "questdb://db")
+    monkeypatch.setenv("QUESTDB_PG_URL", "postgresql://r:hunter2@db:99999/qdb")
+    with pytest.raises(config.ConfigError) as refused:
+        config.load()
+    assert "QUESTDB_PG_URL='postgresql://r:***@db:99999/qdb' refused: port is not 1 to 65535" in str(refused.value)

@@ -217,6 +217,102 @@ class QuestDBStore(Store):
             self._query(_ddl(spec))
         self._tables_ready = True
 
+    # ---- Tables are ours: a write never lands in a table ILP made, and is held before write() returns.
+    #
+    # A table that disappears under a running writer (DROP TABLE, or QuestDB restarted on an empty
+    # volume) is recreated by ILP with QuestDB's defaults: designated timestamp `timestamp`, no `ts`,
+    # no DEDUP (reads fail with `Invalid column: ts`, re-sent batches are stored twice); and 9.2.3
+    # acknowledged the first batch after a DROP without storing it. So every write():
+    #   1. writes into a table known by its id (tables().id, which QuestDB never reuses on a server):
+    #      unless this store already knows it, it is looked up; a table of the wrong shape (designated
+    #      timestamp not `ts`, not WAL, no DEDUP) is renamed aside to `<table>_misshapen_<id>` (its
+    #      rows are kept: they are batches no writer committed, or were written before this check),
+    #      and a missing one is created in SQL with the right schema;
+    #   2. after the flush, looks the table up again (one PG round trip): if it is gone, has another
+    #      id or the wrong shape, the batch may be in a dropped table, in ILP's table or nowhere, so
+    #      write() raises StoreUnavailable: the writer does not commit and writes it again (the
+    #      upsert makes that harmless) through a new sender (the old connection may still hold the
+    #      dropped table's writer), into a table step 1 made right;
+    #   3. the first batch into a table id (after a start, a re-creation or any error) is read back
+    #      before write() returns: its last row with this write's received_at must show within
+    #      HELD_TIMEOUT_S (WAL tables show rows 10-110 ms after the flush; one transaction shows
+    #      whole). That catches an acknowledgement into a stale writer even when the table's id did
+    #      not change under us; later batches into the same id cost only step 2.
+    # A drop after step 2 deletes rows that were stored, like any drop after a commit.
+    # Servers set with line.auto.create.new.tables=false refuse ILP into a missing table instead: the
+    # write fails, and the retry creates the table in step 1.
+
+    def _table_row(self, name: str) -> tuple | None:
+        """(id, designated timestamp, WAL, dedup) of a table, or None if there is none."""
+        if self._name_column is None:
+            columns, _ = self._query("SELECT * FROM tables() LIMIT 1")
+            self._name_column = "table_name" if "table_name" in columns else "name"
+        _, rows = self._query(
+            f"SELECT id, designatedTimestamp, walEnabled, dedup FROM tables() WHERE {self._name_column} = '{name}'"
+        )
+        return tuple(rows[0]) if rows else None
+
+    @staticmethod
+    def _shape_problem(row: tuple | None) -> str | None:
+        if row is None:
+            return "it does not exist"
+        _, designated, wal, dedup = row
+        if designated != "ts":
+            return f"its designated timestamp is {designated!r}, not 'ts' (ILP made it)"
+        if not wal or not dedup:
+            return "it is not a WAL table with DEDUP"
+        return None
+
+    def _table_for_write(self, spec: Topic) -> int:
+        """The id of spec's table, made right first if it is missing or misshapen (step 1)."""
+        known = self._trusted.get(spec.name) or self._checked.get(spec.name)
+        if known is not None:
+            return known
+        row = self._table_row(spec.name)
+        problem = self._shape_problem(row)
+        if row is not None and problem:
+            aside = f"{spec.name}_misshapen_{row[0]}"
+            log.warning("QuestDB table %s is not ours (%s): renaming it to %s and creating it again", spec.name, problem, aside)
+            self._query(f"RENAME TABLE {spec.name} TO {aside}")
+        if problem:
+            self._query(_ddl(spec))
+            row = self._table_row(spec.name)
+            problem = self._shape_problem(row)
+            if problem:  # ILP or another writer got in between: the retry looks again
+                raise StoreUnavailable(f"QuestDB table {spec.name} could not be made right: {problem}")
+        self._checked[spec.name] = row[0]
+        return row[0]
+
+    def _check_held(self, spec: Topic, table_id: int, batch: Batch, received_at_ms: int) -> None:
+        """Steps 2 and 3: StoreUnavailable unless the batch just flushed is in our table."""
+        row = self._table_row(spec.name)
+        problem = self._shape_problem(row)
+        if problem or row[0] != table_id:
+            self._drop_sender()
+            why = problem or f"it was replaced (id {table_id} -> {row[0]})"
+            raise StoreUnavailable(f"QuestDB table {spec.name} changed under the write ({why}): {len(batch)} rows not held, "
+                                   "written again into a table with the right schema")
+        if self._trusted.get(spec.name) == table_id:
+            return
+        # The batch's last reading is always sent (within a batch the last of a (ts, key) wins).
+        params = [_naive_utc(int(batch.columns["ts"][-1])), str(batch.columns[spec.key][-1])]
+        received = _naive_utc(received_at_ms)
+        sql = f"SELECT received_at FROM {spec.name} WHERE ts = %s AND {spec.key} = %s"
+        deadline = time.monotonic() + HELD_TIMEOUT_S
+        while received not in (r[0] for r in self._query(sql, params)[1]):
+            if time.monotonic() >= deadline:
+                self._drop_sender()
+                raise StoreUnavailable(
+                    f"QuestDB acknowledged {len(batch)} {spec.name} rows that did not show within {HELD_TIMEOUT_S:.0f} s "
+                    "(is the table suspended? see wal_tables()): written again")
+            time.sleep(0.02)
+        self._trusted[spec.name] = table_id
+
+    def _forget_table(self, spec: Topic) -> None:
+        self._drop_sender()
+        self._checked.pop(spec.name, None)
+        self._trusted.pop(spec.name, None)
+
     def _open_sender(self) -> Sender:
         if self._sender is None:
             sender = Sender.from_conf(self._sender_conf)
@@ -241,20 +337,22 @@ class QuestDBStore(Store):
         n = len(batch)
         if not n:
             return
-        if not self._tables_ready:
-            # A table auto-created by ILP would name its timestamp `timestamp` and have no dedup.
-            self.ensure_tables()
         frame = ilp_frame(spec, batch, received_at_ms)
         with self._write_lock:
             try:
+                table_id = self._table_for_write(spec)  # ours, by id: created in SQL, never by ILP
                 sender = self._open_sender()
                 sender.dataframe(frame, table_name=spec.name, symbols=[spec.key, *spec.text], at="ts")
                 sender.flush()  # HTTP: returns once QuestDB has committed the rows to the WAL
+                self._check_held(spec, table_id, batch, received_at_ms)
             except QuestDBError as exc:
-                self._drop_sender()
+                self._forget_table(spec)
                 raise StoreUnavailable(
                     f"QuestDB at {self._http_where} (ILP/HTTP) did not take {len(frame)} {spec.name} rows: {exc}"
                 ) from exc
+            except BaseException:
+                self._forget_table(spec)  # after any failure, check the table from scratch
+                raise
 
     def latest(self, spec: Topic) -> pd.DataFrame:
         sql = f"SELECT {', '.join(spec.columns)} FROM {spec.name} LATEST ON ts PARTITION BY {spec.key}"
