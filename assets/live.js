@@ -30,8 +30,11 @@
 
   /* A trace with its old tail replaced by `points`: [xs, ys, tail]. Points at or before the
    * trace's last kept x are already drawn (the history overlaps the first frame), so they are
-   * skipped. Returns the new trace and how many tail points it now holds. */
-  function extendTrace(trace, oldTail, points, cutoff) {
+   * skipped. Where a point comes `gapMs` or more after the one before, a null point goes
+   * first: the line breaks over the hole (the gap rule of dash_app/figures.py). Values are
+   * multiplied by the chart's `scale` (bytes to GiB). Returns the new trace and how many tail
+   * points (a tail point's null included) it now holds. */
+  function extendTrace(trace, oldTail, points, cutoff, gapMs, scale) {
     const [xs, ys, tail] = points;
     const keep = trace.x.length - oldTail;
     let start = 0;
@@ -40,11 +43,19 @@
     const y = trace.y.slice(start, keep);
     const last = x.length ? x[x.length - 1] : -Infinity;
     let newTail = 0;
+    let prev = last;
     xs.forEach((t, i) => {
       if (t <= last) return;
+      const inTail = i >= xs.length - tail;
+      if (gapMs && prev !== -Infinity && t - prev >= gapMs) {
+        x.push(Math.floor((prev + t) / 2));
+        y.push(null);
+        if (inTail) newTail += 1;
+      }
       x.push(t);
-      y.push(ys[i]);
-      if (i >= xs.length - tail) newTail += 1;
+      y.push(scale && scale !== 1 ? ys[i] * scale : ys[i]);
+      if (inTail) newTail += 1;
+      prev = t;
     });
     return [Object.assign({}, trace, { x: x, y: y }), newTail];
   }
@@ -66,7 +77,7 @@
         const i = index[meta];
         if (i === undefined) { unknown = true; continue; }
         data = data || figure.data.slice();
-        [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff);
+        [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, config.gapMs, chart.scale);
       }
       return data && Object.assign({}, figure, { data: data });
     });
@@ -122,6 +133,8 @@
         ];
       },
 
+      /* Each card: value, age, stale (no reading for config.staleMs: "last seen …", class
+       * card-stale, counted in the header) and a flag when the value is outside a chart's band. */
       cards: function (_tick, _shells, latest, config) {
         const ctx = window.dash_clientside.callback_context;
         const ids = ctx.outputs_list[0].map((o) => o.id.id);
@@ -132,8 +145,16 @@
           if (!item || !fields) return "–";
           return fields.map(([field, label, unit, scale, digits]) => label + (item[field] * scale).toFixed(digits) + unit).join(" · ");
         });
-        const ages = ids.map((id) => ((latest || {})[id] ? formatAge(now - latest[id].ts) : ""));
-        return [values, ages];
+        const stale = ids.map((id) => Boolean((latest || {})[id] && config && now - latest[id].ts >= config.staleMs));
+        const ages = ids.map((id, i) => {
+          const item = (latest || {})[id];
+          if (!item) return "";
+          return stale[i] ? "stale · last seen " + formatAge(now - item.ts) : formatAge(now - item.ts);
+        });
+        const flags = ids.map((id) => outOfBand((latest || {})[id], config));
+        const classes = ids.map((_, i) => "card" + (stale[i] ? " card-stale" : "") + (flags[i] ? " card-alert" : ""));
+        const staleCount = stale.filter(Boolean).length;
+        return [values, ages, classes, flags, staleCount ? staleCount + " stale" : ""];
       },
 
       badge: function (wsState, health, cursor) {
@@ -147,6 +168,22 @@
       },
     },
   });
+
+  /* What is out of range in a card's reading: the labels of the bands it breaks, or "". */
+  function outOfBand(item, config) {
+    if (!item || !config || !config.limits) return "";
+    const broken = [];
+    for (const [series, bands] of Object.entries(config.limits)) {
+      const [topic, field] = series.split("|");
+      if (topic !== item.topic || typeof item[field] !== "number") continue;
+      for (const [low, high, alert, label, scale] of bands) {
+        const v = item[field] * scale;
+        const inside = (low === null || v >= low) && (high === null || v <= high);
+        if ((alert ? inside : !inside) && !broken.includes(label)) broken.push(alert ? label : "outside " + label);
+      }
+    }
+    return broken.join(" · ");
+  }
 
   function formatAge(ms) {
     const s = Math.max(0, Math.round(ms / 1000));

@@ -28,7 +28,7 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 def create_app(services: Services) -> Dash:
     app = Dash(__name__, title="Sensor dashboard", assets_folder=ASSETS, update_title=None, use_pages=True, pages_folder="")
     dash.register_page("sensors", path="/", name="Sensors", title="Sensor dashboard", order=0,
-                       layout=lambda **_kwargs: sensor_layout(services))
+                       layout=lambda **query: sensor_layout(services, query))
     dash.register_page("pipeline", path=pipeline_page.PATH, name="Pipeline", title="Pipeline · Sensor dashboard", order=1,
                        layout=pipeline_page.layout)
     app.layout = html.Div([navigation(), dash.page_container])
@@ -69,13 +69,19 @@ def create_app(services: Services) -> Dash:
     return app
 
 
-def sensor_layout(services: Services) -> html.Div:
-    """The page at `/`: header with status and range controls, cards, charts, live plumbing."""
+def sensor_layout(services: Services, query: dict | None = None) -> html.Div:
+    """The page at `/`: header with status and range controls, cards, charts, live plumbing.
+
+    `query`: the URL's query string (Dash Pages passes it), e.g. ?range=24h or
+    ?range=custom&from=2026-11-20&to=2026-11-22: a shared link reopens the same view."""
     return html.Div(
         className="page",
         children=[
             html.Header(
-                className="header", children=[html.H1("Sensors"), status.layout(), html.Span(id="notice", className="notice"), controls.layout()]
+                className="header", children=[
+                    html.H1("Sensors"), status.layout(), cards.stale_count(), html.Span(id="notice", className="notice"),
+                    controls.layout(query or {}),
+                ]
             ),
             cards.layout(),
             graphs.layout(),

@@ -1,4 +1,9 @@
-"""The time-range control: live, 1 h, 24 h, 7 d or custom dates."""
+"""The time-range control: live, 1 h, 24 h, 7 d or custom dates, kept in the URL.
+
+The URL's query string holds the view (`?range=24h`, `?range=custom&from=2026-11-20&to=2026-11-22`,
+nothing for live): the page opens with it, each choice pushes a browser history entry, and the
+back button brings the previous view back (Dash Pages renders the page again from the URL).
+"""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
@@ -10,18 +15,30 @@ SECONDS = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400}
 LIVE_LEAD_MS = 60_000  # the live window reaches a minute ahead: clocks of sensors differ a little
 
 
-def layout() -> html.Div:
+def from_query(query: dict) -> tuple[str, str | None, str | None]:
+    """(range, from, to) of a URL query; anything unknown means live. Dates are checked later,
+    by window(), which names a bad one beside the badge."""
+    choice = str(query.get("range") or "live")
+    if choice not in RANGES:
+        return "live", None, None
+    if choice != "custom":
+        return choice, None, None
+    return choice, (str(query["from"])[:10] if query.get("from") else None), (str(query["to"])[:10] if query.get("to") else None)
+
+
+def layout(query: dict | None = None) -> html.Div:
     today = datetime.now(UTC).date()
+    choice, first, last = from_query(query or {})
     return html.Div(
         className="controls",
         children=[
             dcc.RadioItems(
-                id="range", options=[{"label": v, "value": k} for k, v in RANGES.items()], value="live",
+                id="range", options=[{"label": v, "value": k} for k, v in RANGES.items()], value=choice,
                 inline=True, className="range",
             ),
             dcc.DatePickerRange(
-                id="custom-dates", start_date=today - timedelta(days=1), end_date=today,
-                display_format="YYYY-MM-DD", className="custom-dates", style={"display": "none"},
+                id="custom-dates", start_date=first or today - timedelta(days=1), end_date=last or first or today,
+                display_format="YYYY-MM-DD", className="custom-dates", style={"display": "inline-block" if choice == "custom" else "none"},
             ),
         ],
     )
@@ -69,4 +86,21 @@ def register(app) -> None:
         "(choice) => ({display: choice === 'custom' ? 'inline-block' : 'none'})",
         Output("custom-dates", "style"),
         Input("range", "value"),
+    )
+    # The view goes into the URL as a new history entry (no reload); one already there is left
+    # alone, so a page rendered from the URL (a link, the back button) pushes nothing.
+    app.clientside_callback(
+        """(choice, start, end, _shown) => {
+            const query = new URLSearchParams();
+            if (choice && choice !== "live") query.set("range", choice);
+            if (choice === "custom") {
+                if (start) query.set("from", String(start).slice(0, 10));
+                if (end) query.set("to", String(end).slice(0, 10));
+            }
+            const search = query.toString() ? "?" + query : "";
+            if (search !== window.location.search) {
+                window.history.pushState({}, "", window.location.pathname + search);
+            }
+        }""",
+        Input("range", "value"), Input("custom-dates", "start_date"), Input("custom-dates", "end_date"),
     )

@@ -9,10 +9,11 @@ from dash.exceptions import PreventUpdate
 
 from dash_app import cards, controls, history
 from dash_app.charts import CHARTS
-from dash_app.figures import line_figure
+from dash_app.figures import gap_threshold_ms, line_figure
 from dash_app.services import Services
 from pipeline.schema import TOPICS
 from pipeline.store import StoreUnavailable
+from pipeline.store.base import bucket_ms
 
 CHART_IDS = {c.id: c for c in CHARTS}
 
@@ -20,16 +21,43 @@ CHART_IDS = {c.id: c for c in CHARTS}
 def layout() -> html.Div:
     return html.Div(
         className="charts",
-        children=[dcc.Graph(id={"type": "chart", "id": c.id}, className="chart", config={"displaylogo": False}) for c in CHARTS],
+        children=[
+            html.Div(className="chart-box", children=[
+                dcc.Graph(id={"type": "chart", "id": c.id}, className="chart", config={"displaylogo": False}),
+                html.Button("CSV", id={"type": "export", "id": c.id}, className="export", title="Download what this chart shows as CSV"),
+                dcc.Download(id={"type": "download", "id": c.id}),
+                # The [start, end) this chart last read from the store (page range or zoom): what CSV exports.
+                dcc.Store(id={"type": "chart-range", "id": c.id}),
+            ])
+            for c in CHARTS
+        ],
     )
+
+
+def interval_ms(services: Services) -> float:
+    """How often a sensor reports (RATE readings/s each)."""
+    return 1000 / services.cfg.rate
+
+
+def live_bucket_ms(services: Services) -> int:
+    return services.cfg.live_window_s * 1000 // services.cfg.live_buckets
 
 
 def live_config(services: Services) -> dict:
     """What assets/live.js needs to route frames to traces and format the cards."""
+    limits: dict[str, list] = {}
+    for c in CHARTS:
+        for field in c.fields:
+            for b in c.bands:
+                limits.setdefault(f"{c.topic}|{field}", []).append([b.low, b.high, b.alert, b.label, c.scale])
     return {
-        "charts": {c.id: {"topic": c.topic, "fields": list(c.fields)} for c in CHARTS},
+        "charts": {c.id: {"topic": c.topic, "fields": list(c.fields), "scale": c.scale} for c in CHARTS},
         "cards": cards.CARD_FIELDS,
         "windowMs": services.cfg.live_window_s * 1000,
+        # The gap rule of figures.py for live points: raw at RATE, or bucketed to the live buckets.
+        "gapMs": gap_threshold_ms(interval_ms(services), live_bucket_ms(services)),
+        "staleMs": cards.stale_after_ms(interval_ms(services)),
+        "limits": limits,
     }
 
 
@@ -48,6 +76,7 @@ def register(app, services: Services) -> None:
 
     @app.callback(
         Output({"type": "chart", "id": ALL}, "figure"),
+        Output({"type": "chart-range", "id": ALL}, "data"),
         Output("cursor", "data"),
         Output("latest", "data"),
         Output("cards", "children"),
@@ -69,15 +98,22 @@ def register(app, services: Services) -> None:
         points = cfg.live_buckets if live else cfg.live_max_points
         snap = history.snapshot(services.store, services.ring, services.health, start, end, points, with_ring=live)
         note = "store unreachable: showing live points only" if snap.error else None
-        figures = {c.id: line_figure(c, snap.frames[c.topic], note) for c in CHARTS}
+        step = bucket_ms(start, end, points)
+        figures = {
+            c.id: line_figure(c, snap.frames[c.topic], note, span=None if live else (start, end),
+                              interval_ms=interval_ms(services), bucket_ms=step, mark_outside=not live)
+            for c in CHARTS
+        }
+        shown_range = {"start": start, "end": end, "points": points, "live": live, "choice": choice}
         latest = history.latest(services.store, snap.ring_frames)
         # `load` tells the page this is a new history even when the stream has not moved since.
         shown = None if live else controls.describe(choice, start, end)
         cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "shown": shown, "error": snap.error}
-        return [figures[c.id] for c in CHARTS], cursor, latest, cards.render(latest), services.health.as_dict()
+        return [figures[c.id] for c in CHARTS], [shown_range] * len(CHARTS), cursor, latest, cards.render(latest), services.health.as_dict()
 
     @app.callback(
         Output({"type": "chart", "id": MATCH}, "figure", allow_duplicate=True),
+        Output({"type": "chart-range", "id": MATCH}, "data", allow_duplicate=True),
         Input({"type": "chart", "id": MATCH}, "relayoutData"),
         State("range", "value"),
         State("custom-dates", "start_date"),
@@ -110,8 +146,33 @@ def register(app, services: Services) -> None:
         try:
             frame = history.topic_range(services.store, TOPICS[chart.topic], start, end, cfg.live_max_points)
         except StoreUnavailable:
-            return no_update
-        return line_figure(chart, frame)
+            return no_update, no_update
+        figure = line_figure(chart, frame, span=(start, end), interval_ms=interval_ms(services),
+                             bucket_ms=bucket_ms(start, end, cfg.live_max_points), mark_outside=True)
+        return figure, {"start": start, "end": end, "points": cfg.live_max_points, "live": False, "choice": choice}
+
+    @app.callback(
+        Output({"type": "download", "id": MATCH}, "data"),
+        Input({"type": "export", "id": MATCH}, "n_clicks"),
+        State({"type": "chart-range", "id": MATCH}, "data"),
+        prevent_initial_call=True,
+    )
+    def export(clicks, shown):
+        """The chart's rows as CSV: the same store read as the chart (raw rows when the range fits
+        in LIVE_MAX_POINTS per series, the store's bucket averages otherwise)."""
+        chart = CHART_IDS.get(str((ctx.triggered_id or {}).get("id")))
+        if not clicks or chart is None or not shown:
+            raise PreventUpdate
+        start, end, points = int(shown["start"]), int(shown["end"]), int(shown["points"])
+        if shown.get("live"):  # the live window has moved on since the page loaded
+            now = int(time.time() * 1000)
+            start, end = now - cfg.live_window_s * 1000, now
+        try:
+            frame = history.topic_range(services.store, TOPICS[chart.topic], start, end, points)
+        except StoreUnavailable as exc:
+            set_props("notice", {"children": f"export failed: {exc}"})
+            raise PreventUpdate from None
+        return {"content": export_csv(chart, frame), "filename": export_name(chart, shown.get("choice"), start, end), "type": "text/csv"}
 
     app.clientside_callback(
         ClientsideFunction("live", "connect"),
@@ -133,3 +194,20 @@ def register(app, services: Services) -> None:
         State("latest", "data"), State("health", "data"), State("reload", "data"), State("live-config", "data"),
         prevent_initial_call=True,
     )
+
+
+def export_csv(chart, frame: pd.DataFrame) -> str:
+    """ts (ISO 8601 UTC, ms), the room/device, the chart's fields in stored units (bytes, not GiB)."""
+    key = TOPICS[chart.topic].key
+    out = pd.DataFrame({"ts": pd.to_datetime(frame["ts"], unit="ms", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"})
+    out[key] = frame[key].to_numpy()
+    for field in chart.fields:
+        out[field] = frame[field].to_numpy()
+    return out.to_csv(index=False)
+
+
+def export_name(chart, choice: str | None, start: int, end: int) -> str:
+    """e.g. systemusage-cpu_24h_2026-11-24T1532Z_2026-11-25T1532Z.csv"""
+    stamp = lambda ms: pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H%M%SZ")
+    topic = chart.topic if chart.id == chart.topic else f"{chart.topic}-{chart.id}"
+    return f"{topic}_{choice or 'range'}_{stamp(start)}_{stamp(end)}.csv"

@@ -1,0 +1,130 @@
+"""Figures without a browser: the gap rule, empty ranges, units, bands, export files and URL views."""
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from dash_app.cards import STALE_MIN_MS, stale_after_ms
+from dash_app.charts import CHARTS, Band
+from dash_app.controls import from_query
+from dash_app.figures import GAP_INTERVALS, NO_DATA, OUTSIDE, gap_threshold_ms, line_figure, series_threshold_ms, with_gaps
+from dash_app.graphs import export_csv, export_name
+from pipeline.store.base import bucket_ms
+
+CHART = {c.id: c for c in CHARTS}
+T0 = 1_795_000_000_000
+
+
+def temps(xs, room="kitchen", value=21.0):
+    return pd.DataFrame({"ts": xs, "room": room, "value": [value] * len(xs)})
+
+
+def breaks(trace) -> list[tuple[int, int]]:
+    """(x before, x after) of every null point of a trace."""
+    x, y = list(trace.x), list(trace.y)
+    return [(x[i - 1], x[i + 1]) for i, v in enumerate(y) if v is None]
+
+
+def test_threshold_is_a_few_reporting_intervals_or_an_empty_bucket():
+    assert gap_threshold_ms(1000) == GAP_INTERVALS * 1000
+    assert gap_threshold_ms(25, 500) == 1000  # fast series in live buckets: two buckets
+    assert gap_threshold_ms(1000, 300_000) == 600_000
+
+
+def test_with_gaps_inserts_a_null_point_halfway_only_where_neighbours_are_far_apart():
+    xs, ys = with_gaps([0, 1000, 2000, 9000, 10_000], [1, 2, 3, 4, 5], 5000)
+    assert xs == [0, 1000, 2000, 5500, 9000, 10_000]
+    assert ys == [1, 2, 3, None, 4, 5]
+    assert with_gaps([0, 4999], [1, 2], 5000) == ([0, 4999], [1, 2])  # just short of the threshold: no break
+    assert with_gaps([0, 5000], [1, 2], 5000)[1] == [1, None, 2]  # at it: a break
+    assert with_gaps([], [], 5000) == ([], [])
+
+
+def test_a_two_hour_hole_in_raw_readings_breaks_the_line_once():
+    xs = [T0 + i * 1000 for i in range(600)] + [T0 + 2 * 3_600_000 + i * 1000 for i in range(600)]
+    fig = line_figure(CHART["temperature"], temps(xs), interval_ms=1000, bucket_ms=bucket_ms(xs[0], xs[-1] + 1, 2000))
+    (trace,) = fig.data
+    assert breaks(trace) == [(T0 + 599_000, T0 + 2 * 3_600_000)]
+    assert [x for x, y in zip(trace.x, trace.y) if y is not None] == xs
+
+
+def test_jittery_readings_and_neighbouring_buckets_do_not_break():
+    jitter = [T0 + i * 1000 + (300 if i % 2 else -300) for i in range(100)]
+    assert not breaks(line_figure(CHART["temperature"], temps(jitter), interval_ms=1000).data[0])
+    # 24 h averaged into the store's buckets (SQLite rounds a bucket up to whole 10 s): one per bucket, none empty.
+    nominal = bucket_ms(T0, T0 + 86_400_000, 2000)
+    step = -(-nominal // 10_000) * 10_000
+    buckets = [T0 + i * step for i in range(1700)]
+    assert not breaks(line_figure(CHART["temperature"], temps(buckets), interval_ms=1000, bucket_ms=nominal).data[0])
+
+
+def test_one_empty_bucket_breaks_a_downsampled_line():
+    nominal = bucket_ms(T0, T0 + 7 * 86_400_000, 2000)
+    buckets = [T0 + i * nominal for i in range(1000) if i != 500]
+    (trace,) = line_figure(CHART["temperature"], temps(buckets), interval_ms=1000, bucket_ms=nominal).data
+    assert breaks(trace) == [(T0 + 499 * nominal, T0 + 501 * nominal)]
+
+
+def test_a_series_slower_than_the_configured_rate_is_not_cut_at_every_point():
+    """History recorded at one reading per 10 s, shown by a dashboard configured for 1/s."""
+    xs = [T0 + i * 10_000 for i in range(360)]
+    assert series_threshold_ms(xs, 1000, bucket_ms(T0, T0 + 3_600_000, 2000)) >= 20_000
+    assert not breaks(line_figure(CHART["temperature"], temps(xs), interval_ms=1000, bucket_ms=1800).data[0])
+    holed = xs[:100] + xs[200:]
+    assert len(breaks(line_figure(CHART["temperature"], temps(holed), interval_ms=1000, bucket_ms=1800).data[0])) == 1
+
+
+def test_an_empty_range_shows_its_own_span_and_says_so():
+    empty = pd.DataFrame(columns=["ts", "device", "cpu_percent", "memory_used", "memory_total"])
+    fig = line_figure(CHART["memory"], empty, span=(T0, T0 + 3_600_000))
+    assert list(fig.layout.xaxis.range) == [T0, T0 + 3_600_000]
+    assert any(a.text == NO_DATA for a in fig.layout.annotations)
+    with_data = line_figure(CHART["temperature"], temps([T0, T0 + 1000]), span=(T0, T0 + 3_600_000))
+    assert not any(NO_DATA in (a.text or "") for a in with_data.layout.annotations)
+
+
+def test_bytes_are_shown_in_gib_on_the_axis():
+    frame = pd.DataFrame({"ts": [T0, T0 + 1000], "device": "d", "cpu_percent": 1.0,
+                          "memory_used": [2 * 2**30, 3 * 2**30], "memory_total": [16 * 2**30] * 2})
+    fig = line_figure(CHART["memory"], frame)
+    used = next(t for t in fig.data if t.meta == "d|memory_used")
+    assert list(used.y) == [2.0, 3.0]
+    assert fig.layout.yaxis.ticksuffix == " GiB"
+
+
+def test_bands_are_drawn_and_points_outside_marked():
+    assert Band(18, 26, "comfort").outside(30) and not Band(18, 26, "comfort").outside(20)
+    assert Band(90, None, "hot", alert=True).outside(95) and not Band(90, None, "hot", alert=True).outside(50)
+    frame = pd.DataFrame({"ts": [T0, T0 + 1000, T0 + 2000], "room": "k", "value": [20.0, 30.0, 21.0]})
+    fig = line_figure(CHART["temperature"], frame, mark_outside=True)
+    marks = next(t for t in fig.data if t.name == OUTSIDE)
+    assert list(marks.x) == [T0 + 1000] and list(marks.y) == [30.0]
+    assert fig.layout.shapes, "the comfort band is drawn"
+    assert all(t.name != OUTSIDE for t in line_figure(CHART["temperature"], frame).data)  # live: none
+
+
+def test_stale_after_several_intervals_but_never_sooner_than_the_floor():
+    assert stale_after_ms(1000) == STALE_MIN_MS
+    assert stale_after_ms(10_000) == 50_000
+
+
+def test_export_csv_and_name():
+    frame = pd.DataFrame({"ts": [T0, T0 + 1500], "device": ["a", "b"], "cpu_percent": [1.5, 2.5],
+                          "memory_used": [1.0, 2.0], "memory_total": [3.0, 4.0]})
+    back = pd.read_csv(io.StringIO(export_csv(CHART["cpu"], frame)))
+    assert list(back.columns) == ["ts", "device", "cpu_percent"]
+    assert pd.to_datetime(back["ts"]).astype("datetime64[ms, UTC]").astype("int64").tolist() == [T0, T0 + 1500]
+    assert export_name(CHART["cpu"], "24h", T0, T0 + 86_400_000).startswith("systemusage-cpu_24h_")
+    assert export_name(CHART["temperature"], "1h", T0, T0 + 1).startswith("temperature_1h_")
+
+
+@pytest.mark.parametrize("query, view", [
+    ({}, ("live", None, None)),
+    ({"range": "24h"}, ("24h", None, None)),
+    ({"range": "custom", "from": "2026-11-20", "to": "2026-11-22"}, ("custom", "2026-11-20", "2026-11-22")),
+    ({"range": "nonsense"}, ("live", None, None)),
+])
+def test_url_query_to_view(query, view):
+    assert from_query(query) == view
