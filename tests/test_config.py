@@ -54,6 +54,7 @@ def test_setting_kafka_means_no_embedded_broker(monkeypatch):
 
 @pytest.mark.parametrize("url", [
     "sqlite:///data/dashboard.db", "sqlite:///dashboard.db", "sqlite:////tmp/x.db", "questdb://questdb", "questdb://127.0.0.1:9000",
+    "http::addr=questdb:9000;", "https::addr=db.example:9000;username=w;password=p;;q;tls_verify=unsafe_off;", "https::addr=db;token=t;",
 ])
 def test_store_urls_accepted(url):
     assert config.store_url_problem(url) is None
@@ -82,6 +83,10 @@ BAD = [
     ("PRODUCER_LINGER_MS", "-1"), ("BROKER_PORT", "99999"), ("BROKER_PORT", "0"), ("DASH_PORT", "70000"),
     ("REPLICATION_FACTOR", "0"), ("LOG_LEVEL", "loud"),
     ("STORE_URL", "foo://bar"), ("STORE_URL", "sqlite:///missing/dir/x.db"), ("STORE_URL", "sqlite://x.db"), ("STORE_URL", "questdb://"),
+    ("STORE_URL", "http::addr=db:9000;pasword=x;"), ("STORE_URL", "https::addr=db:9000;username=w;"),
+    ("STORE_URL", "http::addr=db;auto_flush=on;"), ("STORE_URL", "tcp::addr=db:9009;"), ("STORE_URL", "http::addr=db:port;"),
+    ("STORE_URL", "https::addr=db;tls_verify=maybe;"), ("STORE_URL", "questdb://admin@db"),
+    ("QUESTDB_PG_URL", "mysql://db"), ("QUESTDB_PG_URL", "postgresql://db:99999/qdb"), ("QUESTDB_PG_URL", "postgresql://db/?bogus=1"),
     ("KAFKA_BOOTSTRAP_SERVERS", "kafka"), ("KAFKA_BOOTSTRAP_SERVERS", "kafka:port"), ("KAFKA_BOOTSTRAP_SERVERS", "nohost:9092"),
 ]
 
