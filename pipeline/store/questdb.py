@@ -80,16 +80,29 @@ def _ms_to_us(values) -> np.ndarray:
 def ilp_frame(spec: Topic, batch: Batch, received_at_ms: int) -> pd.DataFrame:
     """The DataFrame `sender.dataframe()` sends: the batch's columns as they are, plus received_at."""
     cols = batch.columns
-    data = {"ts": _ms_to_us(cols["ts"]), spec.key: cols[spec.key]}
-    for c in (*spec.numeric, *spec.text):
+    n = len(batch)
+    # SYMBOL columns go as categoricals built from codes: a list of str would make pandas 3 build
+    # a string array per batch, and the client would encode each row's string again.
+    key, key_codes = _categorical(cols[spec.key])
+    data = {"ts": _ms_to_us(cols["ts"]), spec.key: key}
+    for c in spec.numeric:
         data[c] = cols[c]
-    data["received_at"] = _ms_to_us(np.full(len(batch), received_at_ms, dtype="int64"))
+    for c in spec.text:
+        data[c] = _categorical(cols[c])[0]
+    data["received_at"] = _ms_to_us(np.full(n, received_at_ms, dtype="int64"))
     frame = pd.DataFrame(data, copy=False)
     # Within one batch the last reading of a (ts, key) wins, as in SQLite's upsert; a batch
-    # rarely repeats one (a redelivery), so look before paying for drop_duplicates.
-    if frame.duplicated(subset=["ts", spec.key]).any():
+    # rarely repeats one (a redelivery), so look (on int64s) before paying for drop_duplicates.
+    if len(np.unique(cols["ts"] * len(key.categories) + key_codes)) != n:
         frame = frame.drop_duplicates(subset=["ts", spec.key], keep="last")
     return frame
+
+
+def _categorical(values: list[str]) -> tuple[pd.Categorical, np.ndarray]:
+    names = list(dict.fromkeys(values))
+    index = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter(map(index.__getitem__, values), np.int32 if len(names) < 2**31 else np.int64, len(values))
+    return pd.Categorical.from_codes(codes, categories=names), codes
 
 
 def _sample_unit(step_ms: int) -> str:
