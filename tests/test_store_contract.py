@@ -627,3 +627,119 @@ def test_questdb_frame_keeps_the_last_reading_of_a_repeated_ts_and_key():
     got = {(int(t.value // 1_000_000), r): v for t, r, v in zip(frame["ts"], frame["room"], frame["value"], strict=True)}
     assert got[(BASE + SEC, "kitchen")] == 99.0
     assert list(frame.columns) == list(TEMP.columns) and set(frame["unit"]) == {"°C"}
+
+
+# ---- a table dropped under a running writer ----------------------------------------------------
+
+
+def write_as_a_writer(store: Store, spec: Topic, readings, attempts: int = 20) -> int:
+    """What the writer does: write until write() returns (only then would it commit). Failed attempts."""
+    for failed in range(attempts):
+        try:
+            store.write(spec, readings, RECEIVED + failed)
+            return failed
+        except StoreUnavailable:
+            time.sleep(0.05)
+    pytest.fail(f"write did not succeed in {attempts} attempts")
+
+
+def test_questdb_table_dropped_under_the_writer_is_recreated_right_and_nothing_committed_is_lost():
+    store = _questdb_store()  # skips, saying why, without a reachable QUESTDB_URL
+    try:
+        store.ensure_tables()
+        before, after = temps("kitchen", BASE, 50), temps("kitchen", BASE + 50 * SEC, 50)
+        assert write_as_a_writer(store, TEMP, before) == 0
+        wait_count(store, TEMP, 50)
+        store._query(f"DROP TABLE {TEMP.name}")  # under the running writer: its sender stays open
+        # QuestDB 9.2.3 acknowledged the first batch after a drop without storing it, and ILP recreates
+        # a dropped table with its defaults: write() must not return (so nothing is committed) until
+        # the batch is in a table with designated `ts` and DEDUP.
+        write_as_a_writer(store, TEMP, after)
+        row = store._table_row(TEMP.name)
+        assert store._shape_problem(row) is None, row
+        wait_count(store, TEMP, 50)  # what was dropped stays dropped; the batch after it is held
+        assert ms(store.since(TEMP, BASE)["ts"]) == [r.ts for r in after]
+        write_as_a_writer(store, TEMP, after)  # a redelivery keeps the count: DEDUP is back
+        store.write(TEMP, [Temperature(ts=BASE + 99 * SEC, room="kitchen", value=55.5, unit="°C")], RECEIVED + 99)
+        eventually(lambda: store.latest(TEMP), lambda f: f["value"].tolist() == [55.5], "marker visible")
+        assert store.count(TEMP) == 50
+    finally:
+        _, aside = store._query("SELECT table_name FROM tables() WHERE table_name LIKE '%_misshapen_%'")
+        for (name,) in aside:
+            store._query(f"DROP TABLE IF EXISTS {name}")
+        store.close()
+
+
+class FakeQuestDB:
+    """QuestDB as the write path meets it, in memory: tables by id, ILP that recreates a dropped table
+    with its defaults, and (`stale_ack`) 9.2.3's acknowledgement of the first batch after a drop
+    into the dropped table's writer. Checks write()'s logic without a server; the case above checks
+    it against one."""
+
+    def __init__(self, store, monkeypatch):
+        self.tables: dict[str, dict] = {}
+        self.next_id = 1
+        self.stale_ack = False
+        monkeypatch.setattr(store, "_query", self.query)
+        monkeypatch.setattr(store, "_open_sender", lambda: self)
+        monkeypatch.setattr(store, "_drop_sender", lambda: None)
+
+    def create(self, name, designated="ts", dedup=True):
+        self.tables[name] = {"id": self.next_id, "designated": designated, "dedup": dedup, "rows": {}}
+        self.next_id += 1
+
+    def query(self, sql, params=None):
+        import re
+
+        if sql.startswith("SELECT * FROM tables()"):
+            return ["id", "table_name", "designatedTimestamp"], []
+        if m := re.match(r"SELECT id, .* FROM tables\(\) WHERE table_name = '(\w+)'", sql):
+            t = self.tables.get(m[1])
+            return [], [(t["id"], t["designated"], True, t["dedup"])] if t else []
+        if m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", sql):
+            if m[1] not in self.tables:
+                self.create(m[1])
+            return [], []
+        if m := re.match(r"RENAME TABLE (\w+) TO (\w+)", sql):
+            self.tables[m[2]] = self.tables.pop(m[1])
+            return [], []
+        if m := re.match(r"SELECT received_at FROM (\w+) WHERE ts = %s AND (\w+) = %s", sql):
+            rows = self.tables[m[1]]["rows"]
+            return [], [(rows[(params[0], params[1])],)] if (params[0], params[1]) in rows else []
+        raise AssertionError(sql)
+
+    def dataframe(self, frame, table_name, symbols, at):
+        self.sent = (table_name, frame)
+
+    def flush(self):
+        name, frame = self.sent
+        if name not in self.tables:
+            if self.stale_ack:  # acknowledged into the dropped table's writer: stored nowhere
+                self.stale_ack = False
+                return
+            self.create(name, designated="timestamp", dedup=False)
+        rows = self.tables[name]["rows"]
+        for ts, key, received in zip(frame["ts"], frame["room"], frame["received_at"], strict=True):
+            rows[(pd.Timestamp(ts).to_pydatetime(), key)] = pd.Timestamp(received).to_pydatetime()
+
+
+@pytest.mark.parametrize("stale_ack", [True, False], ids=["acknowledged-into-the-dropped-table", "recreated-by-ilp"])
+def test_questdb_write_after_a_drop_returns_only_once_held(monkeypatch, stale_ack):
+    store = open_store("questdb://fake")
+    fake = FakeQuestDB(store, monkeypatch)
+    store.write(TEMP, temps("kitchen", BASE, 3), RECEIVED)  # creates the table in SQL first
+    assert fake.tables["temperature"]["designated"] == "ts" and len(fake.tables["temperature"]["rows"]) == 3
+    del fake.tables["temperature"]  # DROP TABLE, or a restart on an empty volume
+    fake.stale_ack = stale_ack
+    batch = temps("kitchen", BASE + 10 * SEC, 3)
+    with pytest.raises(StoreUnavailable, match="changed under the write"):
+        store.write(TEMP, batch, RECEIVED + 1)  # not held: the writer would not commit it
+    store.write(TEMP, batch, RECEIVED + 2)  # the writer's retry
+    assert ("temperature_misshapen_2" in fake.tables) is not stale_ack  # ILP's table, if it made one, set aside
+    table = fake.tables["temperature"]
+    assert table["designated"] == "ts" and table["dedup"]
+    assert sorted(ts for ts, _ in table["rows"]) == [_naive(r.ts) for r in batch]
+
+
+def _naive(ts_ms: int) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(milliseconds=ts_ms)
