@@ -248,7 +248,7 @@ def costs(n: int = 5000, batches: int = 60) -> dict:
     """CPU µs per row of each step after consuming, in this process: validation, SQLite write, ILP encoding."""
     import tempfile
 
-    from questdb import Buffer
+    from questdb._client import Buffer  # the ILP buffer a Sender encodes into (questdb.ingress warns)
 
     from pipeline import schema
     from pipeline.store import open_store
