@@ -29,7 +29,9 @@ from tests.helpers import bucket_check, stop_process, wait_for
 BROWSER_POINTS = """
 return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
     id: JSON.parse(gd.closest('.dash-graph').id).id,
-    traces: (gd.data || []).map(t => ({meta: t.meta, x: Array.from(t.x || []).map(Number)})),
+    // Series only: no out-of-band markers ("!..."), no null points (a line's break over a hole).
+    traces: (gd.data || []).filter(t => !String(t.meta).startsWith('!')).map(t => ({
+        meta: t.meta, x: Array.from(t.x || []).filter((_, i) => t.y[i] !== null).map(Number)})),
 }));
 """
 
