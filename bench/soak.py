@@ -57,7 +57,7 @@ class Sampler:
     def __init__(self, *roots: int):
         self.roots = [psutil.Process(r) for r in roots]  # run all, and chromedriver (Chromium runs under it)
         self.cpu: dict[int, float] = {}
-        self.t = time.monotonic()
+        self.t, self.wall = time.monotonic(), time.time()
 
     def sample(self) -> dict:
         now = time.monotonic()
@@ -80,8 +80,15 @@ class Sampler:
             except psutil.Error:
                 continue
             seen[p.pid] = cpu
-            out[kind]["cpu"] += (cpu - self.cpu.get(p.pid, cpu if p.pid in self.cpu else 0.0)) / max(now - self.t, 1e-6) if p.pid in self.cpu else 0.0
-        self.cpu, self.t = seen, now
+            if p.pid not in self.cpu:  # started since the last sample (a renewed broker, new writers): all its CPU
+                try:
+                    before = 0.0 if p.create_time() >= self.wall and self.cpu else cpu
+                except psutil.Error:
+                    before = cpu
+            else:
+                before = self.cpu[p.pid]
+            out[kind]["cpu"] += (cpu - before) / max(now - self.t, 1e-6)
+        self.cpu, self.t, self.wall = seen, now, time.time()
         return {k: {"cpu": round(v["cpu"], 3), "rss_mb": round(v["rss_mb"], 1)} for k, v in out.items()}
 
 
