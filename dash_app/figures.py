@@ -119,6 +119,8 @@ def line_figure(
     )
     if span is not None:
         fig.update_xaxes(range=list(span), autorange=False)
+    else:  # live: the axis follows the points (a range left by a history view must not stick)
+        fig.update_xaxes(autorange=True)
     for band in chart.bands:
         color = "#d9480f" if band.alert else "#2f9e44"
         if band.low is not None and band.high is not None:

@@ -19,8 +19,11 @@ from dash_app.graphs import _axis_ms
 from pipeline.broker import current_address
 from pipeline.schema import TOPICS, Temperature
 from pipeline.store import open_store
+from tests import test_dashboard
 from tests.helpers import wait_for
-from tests.test_dashboard import dashboard, pipeline  # noqa: F401  (fixtures)
+
+# The real stack and the page, as in test_dashboard.py (`run all --no-dashboard` at 2 readings/s).
+pipeline, dashboard = test_dashboard.pipeline, test_dashboard.dashboard
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -101,6 +104,9 @@ def test_a_stale_sensors_card_turns_stale_and_recovers(dashboard):
     wait_for(lambda: "card-stale" not in duo.find_element(card).get_attribute("class"), 15, "the card to recover")
     assert "last seen" not in duo.find_element(card).text
     duo.wait_for_text_to_equal("#stale-count", "", timeout=5)
+    # The live point came a minute after the stored one: the live trace breaks over the hole.
+    drawn = wait_for(lambda: (c := chart(duo, "temperature")) and c["x"] and len(c["x"]) >= 3 and c, 10, "the live point")
+    assert drawn["y"] == [12.0, None, 12.5] and drawn["x"][2] == reading["ts"]
     # Silent again: stale again once its intervals (at least 10 s) have passed.
     wait_for(lambda: "card-stale" in duo.find_element(card).get_attribute("class"), 20, "the card to turn stale again")
     assert duo.get_logs() == [], "browser console errors"
