@@ -16,14 +16,21 @@ LIVE_LEAD_MS = 60_000  # the live window reaches a minute ahead: clocks of senso
 
 
 def from_query(query: dict) -> tuple[str, str | None, str | None]:
-    """(range, from, to) of a URL query; anything unknown means live. Dates are checked later,
-    by window(), which names a bad one beside the badge."""
+    """(range, from, to) of a URL query; an unknown range means live, a date that is not
+    YYYY-MM-DD is left out (the date picker keeps its default). window() checks the span."""
     choice = str(query.get("range") or "live")
     if choice not in RANGES:
         return "live", None, None
     if choice != "custom":
         return choice, None, None
-    return choice, (str(query["from"])[:10] if query.get("from") else None), (str(query["to"])[:10] if query.get("to") else None)
+
+    def day(value) -> str | None:
+        try:
+            return date.fromisoformat(str(value)[:10]).isoformat() if value else None
+        except ValueError:
+            return None
+
+    return choice, day(query.get("from")), day(query.get("to"))
 
 
 def layout(query: dict | None = None) -> html.Div:

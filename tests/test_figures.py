@@ -125,6 +125,7 @@ def test_export_csv_and_name():
     ({"range": "24h"}, ("24h", None, None)),
     ({"range": "custom", "from": "2026-11-20", "to": "2026-11-22"}, ("custom", "2026-11-20", "2026-11-22")),
     ({"range": "nonsense"}, ("live", None, None)),
+    ({"range": "custom", "from": "2026-13-45", "to": "x"}, ("custom", None, None)),
 ])
 def test_url_query_to_view(query, view):
     assert from_query(query) == view
