@@ -29,7 +29,9 @@ import tempfile
 import time
 import urllib.request
 
-from bench.common import CHROME_FLAGS, ROOT, Stack, cpu_seconds, free_port, print_table, stop, write_result
+import psutil
+
+from bench.common import CHROME_FLAGS, ROOT, Stack, free_port, print_table, stop, write_result
 
 NO_POLLER = (
     "import threading, dash_app.services as s\n"
@@ -74,11 +76,28 @@ def start_dashboard(stack: Stack, port: int, poller: bool):
             time.sleep(0.3)
 
 
+def family_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of the process and each of its descendants (gunicorn's master and worker), by pid."""
+    out = {}
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+    except psutil.Error:
+        pass
+    return out
+
+
 def measure(proc, warmup: float, duration: float) -> float:
+    """% of a core over `duration`; a process that started or ended in between fails the phase."""
     time.sleep(warmup)
-    cpu0, t0 = cpu_seconds([proc.pid]), time.monotonic()
+    before, t0 = family_cpu(proc.pid), time.monotonic()
     time.sleep(duration)
-    return (cpu_seconds([proc.pid]) - cpu0) / (time.monotonic() - t0) * 100
+    after = family_cpu(proc.pid)
+    if set(after) != set(before):
+        raise RuntimeError(f"the dashboard's processes changed during the measurement: {sorted(before)} -> {sorted(after)}")
+    return sum(after[p] - before[p] for p in after) / (time.monotonic() - t0) * 100
 
 
 def refreshing(driver) -> bool:
