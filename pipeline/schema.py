@@ -15,9 +15,11 @@ gets `validate()`'s verdict and reason instead, so the accepted set and the dead
 are pydantic's; tests/test_schema.py runs both over the same good and bad messages.
 
 Why msgspec over pydantic's `TypeAdapter(list[...])` for the batch (5,000 temperature messages,
-`python -m bench.ingest --decoders`): msgspec decodes and checks them at ~0.3 µs a message, to
-columns, where pydantic takes ~2.1 µs as a TypeAdapter over the joined batch and ~2.5 µs one
-`model_validate_json` at a time: the writer's whole budget at 300,000 rows/s is 3.3 µs a row.
+`python -m bench.ingest --costs`, CPU): msgspec decodes and checks them at 0.43–0.51 µs a message,
+to columns, where pydantic took 1.7–2.6 µs as a TypeAdapter over the joined batch (still a model
+per reading) and 2.4–2.8 µs one `model_validate_json` at a time: the writer's whole budget at
+300,000 rows/s is 3.3 µs a row. msgspec over the joined array (0.30 µs) is not used: a message cut
+across the joining comma could pass as two halves of one valid reading.
 """
 from __future__ import annotations
 
