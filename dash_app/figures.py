@@ -99,15 +99,15 @@ def line_figure(
     if outside_x:
         fig.add_trace(go.Scatter(
             x=outside_x, y=outside_y, name=OUTSIDE, mode="markers", meta=f"!{OUTSIDE}",
-            marker={"color": "#d9480f", "size": 6, "symbol": "circle-open"}, hoverinfo="x+y",
+            marker={"color": "#d9480f", "size": 5, "symbol": "circle-open"}, hoverinfo="x+y",
         ))
     empty = not fig.data
     fig.update_layout(
         title={"text": chart.title, "x": 0.01},
         margin={"l": 50, "r": 10, "t": 40, "b": 30},
         height=320,
-        # Below the axis, clear of its two-row date labels (time, then the day under it).
-        legend={"orientation": "h", "y": -0.22, "yanchor": "top", "x": 0},
+        # Beside the plot: a legend below it hid the axis's two-row date labels (time, then day).
+        legend={"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1, "yanchor": "top"},
         uirevision=chart.id,  # keep the user's zoom and legend choices across live updates
         template="plotly_white",
         # Tick labels may overflow: by default Plotly measures each against the page on every
@@ -129,11 +129,9 @@ def line_figure(
             fig.add_hrect(y0=band.low, y1=band.high, fillcolor=color, opacity=0.08, line_width=0, layer="below")
         limits = [v for v in (band.low, band.high) if v is not None]
         for i, limit in enumerate(limits):
-            fig.add_hline(
-                y=limit, line={"color": color, "width": 1, "dash": "dash"}, opacity=0.6, layer="below",
-                annotation_text=band.label if i == len(limits) - 1 else None, annotation_position="top left",
-                annotation_font={"size": 10, "color": "#7b8794"},
-            )
+            label = {"annotation_text": band.label, "annotation_position": "top left", "annotation_font": {"size": 10, "color": "#7b8794"}}
+            fig.add_hline(y=limit, line={"color": color, "width": 1, "dash": "dash"}, opacity=0.6, layer="below",
+                          **(label if i == len(limits) - 1 else {}))
     if empty:
         fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
         note = f"{note} · {NO_DATA}" if note else NO_DATA
