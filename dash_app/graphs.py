@@ -132,7 +132,7 @@ def register(app, services: Services) -> None:
             span = None
         else:
             raise PreventUpdate
-        chart = CHART_IDS.get(str((ctx.outputs_list or {}).get("id", {}).get("id")))
+        chart = CHART_IDS.get(str((ctx.triggered_id or {}).get("id")))
         if chart is None:
             raise PreventUpdate
         try:
