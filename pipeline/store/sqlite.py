@@ -266,7 +266,14 @@ class SQLiteStore(Store):
         return self._run(lambda c: c.execute(f"SELECT count(*) FROM {spec.name}").fetchone()[0])
 
     def ping(self) -> None:
-        self._run(lambda c: c.execute("SELECT 1").fetchone())
+        # What a history read needs: the file, through its locks, and each table in it (SELECT 1
+        # touches neither, so a locked or unreadable store would pass).
+        def read(c) -> None:
+            tables = {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table in tables & set(TOPICS):
+                c.execute(f"SELECT ts FROM {table} ORDER BY ts DESC LIMIT 1").fetchone()
+
+        self._run(read)
 
     def close(self) -> None:
         with self._lock:
