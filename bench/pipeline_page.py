@@ -25,19 +25,14 @@ import argparse
 import re
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 
 import psutil
 
 from bench.common import ROOT, Stack, free_port, print_table, stop, write_result
+from tests.helpers import browser
 
-# Headless Chromium as root on a machine without a network (DESIGN.md, "Browser tests").
-CHROME_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-)
 NO_POLLER = (
     "import threading, dash_app.services as s\n"
     "class Idle(threading.Thread):\n"
@@ -48,18 +43,6 @@ NO_POLLER = (
     "from dash_app.__main__ import main\n"
     "raise SystemExit(main([]))\n"
 )
-
-
-def chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-
-    options = Options()
-    for flag in (*CHROME_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
-                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-                 "--disable-backgrounding-occluded-windows"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options)
 
 
 def start_dashboard(stack: Stack, port: int, poller: bool):
@@ -132,7 +115,7 @@ def main() -> None:
         port = free_port()
         dash = start_dashboard(stack, port, poller=True)
         results["B: poller, no page"] = measure(dash, args.warmup, args.duration)
-        driver = chromium()
+        driver = browser()
         try:
             url = f"http://127.0.0.1:{port}/pipeline"
             driver.get(url)
