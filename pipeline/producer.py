@@ -20,7 +20,7 @@ from pipeline.simulate import RoomClimate, SimulatedMachine, ThisMachine, device
 
 REPORT_S = 10.0
 RETIRE_S = 3.0  # after a broker switch, how long the old client may deliver before its rest is re-sent
-REPLAY_S = 5.0  # after a broker crash, the last seconds of readings sent again to the new broker
+REPLAY_S = 15.0  # after a broker crash, the last seconds of readings sent again to the new broker (a replacement took up to 7 s on a loaded machine)
 STOP_FLUSH_S = 60.0  # longest a stopping producer waits for the broker to take its queue
 # One produce request in flight per broker connection: whatever accumulates while it is out goes
 # into the next request, so when the broker answers slowly batches grow instead of the queue.
