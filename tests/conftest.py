@@ -1,14 +1,17 @@
-"""Shared fixtures: real processes (embedded broker, pipeline daemons) on free ports.
+"""Shared fixtures: real processes (embedded broker, `run all`, pipeline daemons) on free ports.
 
 Everything a test starts is stopped in `finally`, by PID, and binds to 127.0.0.1 only.
 """
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
-from tests.helpers import Stack, chrome_options, free_port, wait_for
+from pipeline.schema import TOPICS
+from pipeline.store import open_store
+from tests.helpers import Stack, chrome_options, free_port, stop_process, wait_for
 
 
 def pytest_setup_options():
@@ -39,3 +42,32 @@ def broker(stack: Stack):
 
         ensure_topics(stack.config())
         yield proc
+
+
+@pytest.fixture
+def pipeline(stack, request):
+    """`run all --no-dashboard` at 2 readings/s per sensor (one per live bucket: raw points), or
+    at the rate a test asks for with `@pytest.mark.parametrize("pipeline", [RATE], indirect=True)`."""
+    rate = str(getattr(request, "param", 2))
+    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", rate, log_name="all")
+    try:
+        with open_store(stack.store_url) as store:
+            store.ensure_tables()
+            wait_for(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 30, "rows in every table")
+        yield stack
+    finally:
+        assert stop_process(proc, signal.SIGINT) == 0
+
+
+@pytest.fixture
+def dashboard(dash_duo, pipeline):
+    """The Dash app in this process (dash_duo), with its live feed, on the `pipeline` stack."""
+    from dash_app.app import create_app
+    from dash_app.services import Services
+
+    services = Services.from_config(pipeline.config()).start()
+    try:
+        dash_duo.start_server(create_app(services))
+        yield dash_duo, services
+    finally:
+        services.stop()

@@ -41,31 +41,6 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 
 
-@pytest.fixture
-def pipeline(stack, request):
-    """`run all --no-dashboard` at 2 readings/s per sensor (one per live bucket: raw points), or
-    at the rate a test asks for with `@pytest.mark.parametrize("pipeline", [RATE], indirect=True)`."""
-    rate = str(getattr(request, "param", 2))
-    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", rate, log_name="all")
-    try:
-        with open_store(stack.store_url) as store:
-            store.ensure_tables()
-            wait_for(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 30, "rows in every table")
-        yield stack
-    finally:
-        assert stop_process(proc, signal.SIGINT) == 0
-
-
-@pytest.fixture
-def dashboard(dash_duo, pipeline):
-    services = Services.from_config(pipeline.config()).start()
-    try:
-        dash_duo.start_server(create_app(services))
-        yield dash_duo, services
-    finally:
-        services.stop()
-
-
 def browser_series(duo) -> dict[tuple[str, str], list[int]]:
     return {(c["id"], t["meta"]): t["x"] for c in duo.driver.execute_script(BROWSER_POINTS) for t in c["traces"]}
 

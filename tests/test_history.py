@@ -20,11 +20,7 @@ from dash_app.graphs import _axis_ms
 from pipeline.broker import current_address
 from pipeline.schema import TOPICS, Temperature
 from pipeline.store import open_store
-from tests import test_dashboard
 from tests.helpers import wait_for
-
-# The real stack and the page, as in test_dashboard.py (`run all --no-dashboard` at 2 readings/s).
-pipeline, dashboard = test_dashboard.pipeline, test_dashboard.dashboard
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 

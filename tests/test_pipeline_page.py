@@ -7,7 +7,6 @@ what the page says against what the writers themselves log.
 from __future__ import annotations
 
 import re
-import signal
 import time
 
 import pytest
@@ -19,8 +18,7 @@ from dash_app.pipeline_poller import group_topics, range_assign
 from dash_app.services import Services
 from pipeline.broker import current_address
 from pipeline.schema import TOPICS, InvalidMessage, validate
-from pipeline.store import open_store
-from tests.helpers import stop_process, wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -62,18 +60,6 @@ def test_describe_groups_response_is_parsed():
     assert (group.group_id, group.state, len(group.members)) == ("g", "Stable", 1)
     assert group.members[0].client_id == "c" and group.members[0].assignment == {"t": [0, 2]}
     assert parse_assignment(b"") == {}
-
-
-@pytest.fixture
-def pipeline(stack):
-    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", "2", log_name="all")
-    try:
-        with open_store(stack.store_url) as store:
-            store.ensure_tables()
-            wait_for(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 30, "rows in every table")
-        yield stack
-    finally:
-        assert stop_process(proc, signal.SIGINT) == 0
 
 
 def members(duo, group: str) -> list[dict]:
