@@ -55,13 +55,14 @@ def create_app(services: Services) -> Dash:
 
     @sock.route(LIVE_PATH)
     def live(ws):
-        if not services.pages.admit(ws):
+        hangup = services.pages.admit(ws)
+        if hangup is None:
             log.warning("refused a live page: %d already streaming (LIVE_MAX_PAGES)", services.pages.limit)
             ws.close(Pages.BUSY, f"busy: {services.pages.limit} pages already streaming (LIVE_MAX_PAGES)")
             hang_up(ws)
             return
         try:
-            serve_frames(ws, services.ring, services.health, request.args.get("since"), bucket_ms)
+            serve_frames(ws, services.ring, services.health, request.args.get("since"), bucket_ms, hangup)
         finally:
             services.pages.leave(ws)
             hang_up(ws)

@@ -291,38 +291,39 @@ def latest_of(rows: dict[str, list]) -> dict[str, dict]:
 
 
 class Pages:
-    """The pages this process streams to: at most `limit` at once, each with its socket."""
+    """The pages this process streams to: at most `limit` at once, each with a hang-up flag.
+
+    Only a socket's own thread writes to it (two writers could interleave their bytes), so
+    hanging up on a page sets its flag and its thread closes the socket at its next frame.
+    """
 
     BUSY = 1013  # WebSocket close code "try again later"
 
     def __init__(self, limit: int):
         self.limit = limit
-        self.sockets: set = set()
+        self.sockets: dict = {}  # ws -> threading.Event, set to hang up
         self.lock = threading.Lock()
 
-    def admit(self, ws) -> bool:
+    def admit(self, ws) -> threading.Event | None:
+        """The page's hang-up flag, or None when `limit` pages already stream."""
         with self.lock:
             if len(self.sockets) >= self.limit:
-                return False
-            self.sockets.add(ws)
-            return True
+                return None
+            self.sockets[ws] = threading.Event()
+            return self.sockets[ws]
 
     def leave(self, ws) -> None:
         with self.lock:
-            self.sockets.discard(ws)
+            self.sockets.pop(ws, None)
 
     def close_all(self) -> None:
-        """Hang up on every page (each reconnects from its cursor)."""
+        """Hang up on every page (each reconnects from its cursor) within a heartbeat."""
         with self.lock:
-            sockets = list(self.sockets)
-        for ws in sockets:
-            try:
-                ws.close()
-            except ConnectionClosed:
-                pass
+            for flag in self.sockets.values():
+                flag.set()
 
 
-def serve_frames(ws, ring: Ring, health: Health, since: str | None, bucket_ms: int) -> None:
+def serve_frames(ws, ring: Ring, health: Health, since: str | None, bucket_ms: int, hangup: threading.Event) -> None:
     """Stream frames to one page until it goes away: one frame in flight at a time.
 
     A frame holds everything after the page's cursor, bucketed (see Buckets). The page answers
@@ -337,7 +338,7 @@ def serve_frames(ws, ring: Ring, health: Health, since: str | None, bucket_ms: i
         ws.send(json.dumps({"reset": str(exc)}))
         return
     buckets, number = Buckets(bucket_ms), 0
-    while True:
+    while not hangup.is_set():
         ring.wait(seq, HEARTBEAT_S)
         try:
             rows, head = ring.since(seq)

@@ -96,9 +96,10 @@ def test_dropped_websocket_reconnects_from_its_cursor_without_a_hole(dashboard):
     )
     for _ in range(2):
         duo.driver.execute_script("window.badgeSeen.length = 0")
+        dropped = set(services.pages.sockets)
         services.pages.close_all()  # the server hangs up; points keep arriving meanwhile
         wait_for(lambda: "reconnecting" in duo.driver.execute_script("return window.badgeSeen"), 5, "the badge to say reconnecting")
-        wait_for(lambda: services.pages.sockets, 10, "the page to reconnect")
+        wait_for(lambda: set(services.pages.sockets) - dropped, 10, "the page to reconnect")  # noqa: B023 - called at once
         duo.wait_for_text_to_equal("#status", "live", timeout=10)
     before = {k: len(v) for k, v in browser_series(duo).items()}
     wait_for(lambda: all(len(browser_series(duo)[k]) > n for k, n in before.items()), 10, "points after the reconnects")
