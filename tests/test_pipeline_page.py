@@ -123,8 +123,10 @@ def test_pipeline_page_shows_topics_groups_a_rebalance_and_dead_letters(dash_duo
         producer.produce("temperature", key=b"kitchen", value=bad)
         assert producer.flush(10) == 0
         del producer  # no reconnect attempts logged once the fixture stops the broker
-        wait_for(lambda: any(str(refused.value) in row.text for row in duo.find_elements('tr.dead-letter[data-topic="temperature"]')),
-                 20, "the dead letter on the page")
+        # textContent, not .text: Selenium's .text is empty for a row scrolled out of its table's box.
+        wait_for(lambda: any(str(refused.value) in row.get_attribute("textContent")
+                             for row in duo.find_elements('tr.dead-letter[data-topic="temperature"]')),
+                 60, "the dead letter on the page")
         assert duo.get_logs() == [], "browser console errors"
         # The sensor page still works beside it, reached through the shared navigation.
         duo.find_element("#nav-sensors").click()
