@@ -45,6 +45,13 @@ def browser_series(duo) -> dict[tuple[str, str], list[int]]:
     return {(c["id"], t["meta"]): t["x"] for c in duo.driver.execute_script(BROWSER_POINTS) for t in c["traces"]}
 
 
+def newer_points_everywhere(duo, timeout: float, what: str) -> None:
+    """Wait until every trace has a point newer than its newest now (a trace's length may not
+    grow: the live window drops its oldest points)."""
+    newest = {k: v[-1] for k, v in browser_series(duo).items() if v}
+    wait_for(lambda: all((browser_series(duo).get(k) or [0])[-1] > t for k, t in newest.items()), timeout, what)
+
+
 def assert_browser_equals_store(duo, store) -> int:
     """Every trace holds exactly the stored rows of its series between its first and last point."""
     series = browser_series(duo)
@@ -101,8 +108,7 @@ def test_dropped_websocket_reconnects_from_its_cursor_without_a_hole(dashboard):
         wait_for(lambda: "reconnecting" in duo.driver.execute_script("return window.badgeSeen"), 5, "the badge to say reconnecting")
         wait_for(lambda: set(services.pages.sockets) - dropped, 10, "the page to reconnect")  # noqa: B023 - called at once
         duo.wait_for_text_to_equal("#status", "live", timeout=10)
-    before = {k: len(v) for k, v in browser_series(duo).items()}
-    wait_for(lambda: all(len(browser_series(duo)[k]) > n for k, n in before.items()), 10, "points after the reconnects")
+    newer_points_everywhere(duo, 30, "points after the reconnects")
     with open_store(services.cfg.store_url) as store:
         assert_browser_equals_store(duo, store)
     assert duo.get_logs() == [], "browser console errors"
@@ -153,8 +159,7 @@ def test_the_page_follows_a_renewed_broker_without_a_hole(renewing, dashboard):
     wait_for(lambda: len(browser_series(duo)) >= len(CHARTS), 20, "history in every chart")
     generation = lambda: (read_address(services.cfg) or {}).get("generation", 0)
     wait_for(lambda: generation() >= 2, 60, "two renewals of the embedded broker")
-    before = {k: len(v) for k, v in browser_series(duo).items()}
-    wait_for(lambda: all(len(browser_series(duo)[k]) > n for k, n in before.items()), 10, "points from the new broker")
+    newer_points_everywhere(duo, 30, "points from the new broker")
     with open_store(services.cfg.store_url) as store:
         assert_browser_equals_store(duo, store)
     assert duo.get_logs() == [], "browser console errors"
@@ -214,8 +219,7 @@ def test_a_longer_range_comes_from_the_store_and_zooming_requeries_it(dashboard)
     for choice, badge in (("live", "live"), ("24h", "last 24 h"), ("live", "live")):
         duo.find_element(f"#range input[value='{choice}']").click()
         duo.wait_for_text_to_equal("#status", badge, timeout=15)
-    before = {k: len(v) for k, v in browser_series(duo).items()}
-    wait_for(lambda: all(len(browser_series(duo)[k]) > n for k, n in before.items()), 10, "live points after the switches")
+    newer_points_everywhere(duo, 30, "live points after the switches")
     assert duo.get_logs() == [], "browser console errors across range switches"
 
 
@@ -274,8 +278,7 @@ def test_a_restarted_dashboard_gets_an_open_page_live_again_within_seconds(dash_
         stop_process(first)
     try:
         dash_duo.wait_for_text_to_equal("#status", "live", timeout=30)
-        before = {k: len(v) for k, v in browser_series(dash_duo).items()}
-        wait_for(lambda: all(len(browser_series(dash_duo).get(k, [])) > n for k, n in before.items()), 10, "new points")
+        newer_points_everywhere(dash_duo, 30, "new points")
         recovery = time.monotonic() - restarted
         print(f"live again {recovery:.1f} s after the restart")
         assert recovery < 15
