@@ -29,7 +29,7 @@ from typing import Self
 
 import psutil
 
-from tests.helpers import browser, stop_process  # noqa: F401 - browser is part of this module's kit
+from tests.helpers import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -32,11 +32,11 @@ from collections import defaultdict
 
 import psutil
 
-from bench.common import Stack, browser, free_port, percentile, print_table, wait_until, write_result
+from bench.common import Stack, free_port, percentile, print_table, wait_until, write_result
 from dash_app.charts import CHARTS
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
-from tests.helpers import bucket_check
+from tests.helpers import browser, bucket_check
 
 # Notes, at the first animation frame after each redraw, the points it added to each trace.
 HOOK = """

@@ -29,8 +29,9 @@ import time
 
 import psutil
 
-from bench.common import Stack, browser, free_port, print_table, wait_until, write_result
+from bench.common import Stack, free_port, print_table, wait_until, write_result
 from bench.lag import slope
+from tests.helpers import browser
 
 KINDS = ("broker", "producer", "writer", "dashboard", "chromium")
 
