@@ -102,11 +102,11 @@
       frame: function (message, figures, liveState, cursor, latest, health, reload, config) {
         const ctx = window.dash_clientside.callback_context;
         const chartIds = ctx.states_list[0].map((s) => s.id.id);
-        const none = [figures.map(noUpdate), noUpdate(), noUpdate(), noUpdate(), noUpdate(), noUpdate()];
+        const none = [figures.map(noUpdate), noUpdate(), noUpdate(), noUpdate(), noUpdate()];
         if (!message || !cursor) return none;
         const frame = JSON.parse(message.data);
         const reloadOut = (wanted) => (wanted && Date.now() - (reload || 0) > RELOAD_MS ? Date.now() : noUpdate());
-        if (frame.reset) return none.slice(0, 5).concat([reloadOut(true)]); // the cursor is gone: new history
+        if (frame.reset) return none.slice(0, 4).concat([reloadOut(true)]); // the cursor is gone: new history
         const same = liveState && liveState.load === cursor.load;
         const expected = same ? liveState.cursor : cursor.cursor;
         if (frame.from !== expected) return none; // from a socket this page has already left
@@ -125,12 +125,19 @@
         const storeBack = cursor.error && frame.status.store;
         return [
           drawn.figures.map((f) => f || noUpdate()),
-          frame.n + " " + frame.to,
-          { load: cursor.load, cursor: frame.to, tails: tails },
+          { load: cursor.load, cursor: frame.to, tails: tails, ack: frame.n + " " + frame.to },
           merged || noUpdate(),
           healthChanged ? frame.status : noUpdate(),
           reloadOut(drawn.unknown || storeBack),
         ];
+      },
+
+      /* Ask for the next frame once this one is on screen. The charts redraw while this frame's
+       * outputs are applied, before the next animation frame; a frame asked for any sooner would
+       * wait behind that redraw and carry readings that are already old when it is drawn. */
+      ack: function (liveState) {
+        if (!liveState || !liveState.ack) return noUpdate();
+        return new Promise((resolve) => requestAnimationFrame(() => resolve(liveState.ack)));
       },
 
       /* Each card: value, age, stale (no reading for config.staleMs: "last seen …", class

@@ -184,7 +184,6 @@ def register(app, services: Services) -> None:
     app.clientside_callback(
         ClientsideFunction("live", "frame"),
         Output({"type": "chart", "id": ALL}, "figure", allow_duplicate=True),
-        Output("ws", "send"),
         Output("live-state", "data"),
         Output("latest", "data", allow_duplicate=True),
         Output("health", "data", allow_duplicate=True),
@@ -194,6 +193,7 @@ def register(app, services: Services) -> None:
         State("latest", "data"), State("health", "data"), State("reload", "data"), State("live-config", "data"),
         prevent_initial_call=True,
     )
+    app.clientside_callback(ClientsideFunction("live", "ack"), Output("ws", "send"), Input("live-state", "data"), prevent_initial_call=True)
 
 
 def export_csv(chart, frame: pd.DataFrame) -> str:
