@@ -1,9 +1,9 @@
 """What the benchmarks share: an isolated product instance, Kafka offsets, results and tables.
 
-- `Stack` is one isolated instance: a temp dir holding RUN_DIR, the SQLite store and the logs,
-  a free broker port, and the environment every process it spawns gets. `stack.broker()` starts
-  the embedded broker (`python -m pipeline.run broker`), creates the topics, and kills the
-  broker by PID on exit; `stack.spawn(...)` starts `python -m ...` daemons; `stack.stop(proc)`.
+- `temporary_stack()` is one isolated product instance (tests.helpers.Stack, the tests' own) in
+  a temp dir that holds RUN_DIR, the SQLite store and the logs: `stack.broker()` starts the
+  embedded broker with the topics, `stack.spawn(...)` starts `python -m ...` daemons, and
+  everything still running is stopped by PID on exit.
 - `Offsets` reads high watermarks and a group's committed offsets (lag = the difference; on
   Tansu the watermark is approximate after multi-record batches, see DESIGN.md).
 - `questdb()` says whether QUESTDB_URL points at a reachable server, and why not.
@@ -16,20 +16,17 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
+import shutil
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Self
 
 import psutil
 
-from tests.helpers import stop_process
+from tests.helpers import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -102,34 +99,7 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence], title: str | N
         print("  ".join(c.rjust(w) if isinstance(v, (int, float)) and not isinstance(v, bool) else c.ljust(w) for c, w, v in zip(r, widths, raw)))
 
 
-# -- browser -------------------------------------------------------------------------------------
-def wait_until(predicate, timeout: float, what: str) -> None:
-    """Poll until predicate() holds; an exception (a page not rendered yet) counts as no."""
-    def holds() -> bool:
-        try:
-            return bool(predicate())
-        except Exception:  # noqa: BLE001
-            return False
-
-    deadline = time.monotonic() + timeout
-    while not holds():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 # -- processes -----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen, timeout: float = 15.0) -> int:
-    """SIGTERM by PID, then SIGKILL for it and its descendants after `timeout`; the exit code."""
-    return stop_process(proc, timeout=timeout)
-
-
 def cpu_seconds(pids: Iterable[int]) -> float:
     """User + system CPU seconds used so far by these processes and their live children
     (e.g. the tansu binary under `pipeline.run broker`); 0 for processes already gone."""
@@ -149,95 +119,18 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
-class Stack:
-    """One isolated product instance: temp dir, free broker port, SQLite store, own environment."""
-
-    def __init__(self, store_url: str | None = None, keep: bool = False, **env: str):
-        self.tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-        self.keep = keep
-        self.procs: list[subprocess.Popen] = []
-        self.env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-        self.env.update(
-            BROKER_PORT=str(free_port()),
-            RUN_DIR=str(self.tmp / "run"),
-            STORE_URL=store_url or f"sqlite:///{self.tmp / 'store.db'}",
-            PYTHONUNBUFFERED="1",
-            LOG_LEVEL="INFO",
-        )
-        self.env.update(env)
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.env['BROKER_PORT']}"
-
-    @property
-    def store_url(self) -> str:
-        return self.env["STORE_URL"]
-
-    def config(self):
-        """The product's Config as the spawned processes see it."""
-        from unittest import mock
-
-        from pipeline import config
-
-        with mock.patch.dict(os.environ, self.env, clear=True):
-            return config.load()
-
-    def spawn(self, *args: str, log_name: str, env: dict | None = None) -> subprocess.Popen:
-        """`python -m ARGS` in the repo root with this stack's environment; output to LOG_NAME.log."""
-        with open(self.tmp / f"{log_name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", *args], cwd=ROOT, env={**self.env, **(env or {})},
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def log(self, name: str) -> str:
-        try:
-            return (self.tmp / f"{name}.log").read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_log(self, name: str, text: str, proc: subprocess.Popen, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log(name):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {text!r} in {name}.log:\n{self.log(name)[-2000:]}")
-            time.sleep(0.05)
-
-    @contextmanager
-    def broker(self, partitions: int = 3):
-        """The embedded broker with the product's topics; stopped by PID on exit."""
-        self.env["PARTITIONS"] = str(partitions)
-        proc = self.spawn("pipeline.run", "broker", log_name="broker")
-        try:
-            self.wait_log("broker", "listening", proc, 30)
-            from pipeline.admin import ensure_topics
-
-            ensure_topics(self.config())
-            yield proc
-        finally:
-            stop(proc)
-
-    def close(self) -> None:
-        """Stop everything still running (by PID) and remove the temp dir unless `keep`."""
-        for proc in reversed(self.procs):
-            stop(proc)
-        if self.keep:
-            print(f"kept {self.tmp} (logs, store)")
+@contextmanager
+def temporary_stack(keep: bool = False, store_url: str | None = None, **env: str) -> Iterator[Stack]:
+    """A Stack in a new temp dir, removed on exit unless `keep` (then its path is printed)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        with Stack(tmp, store_url, **env) as stack:
+            yield stack
+    finally:
+        if keep:
+            print(f"kept {tmp} (logs, store)")
         else:
-            import shutil
-
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- Kafka offsets ---------------------------------------------------------------------------------

@@ -31,12 +31,13 @@ import urllib.request
 from collections import defaultdict
 
 import psutil
+from selenium.common.exceptions import TimeoutException, WebDriverException
 
-from bench.common import Stack, free_port, percentile, print_table, wait_until, write_result
+from bench.common import percentile, print_table, temporary_stack, write_result
 from dash_app.charts import CHARTS
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
-from tests.helpers import browser, bucket_check
+from tests.helpers import browser, bucket_check, wait_for
 
 # Notes, at the first animation frame after each redraw, the points it added to each trace.
 HOOK = """
@@ -68,6 +69,18 @@ TRACES = """return Array.from(document.querySelectorAll('.js-plotly-plot')).flat
   const chart = JSON.parse(gd.closest('.dash-graph').id).id;
   return gd.data.map(t => [chart + ' ' + t.meta, Array.from(t.x), Array.from(t.y)]);
 });"""
+
+
+def take(driver, wait: float = 0) -> list:
+    """The hook's records so far. A page too busy to answer a script in time (the top rates)
+    keeps them for the next call; `wait` > 0 insists for that long (the last call)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return driver.execute_script(TAKE)
+        except TimeoutException:
+            if time.monotonic() > deadline:
+                return []
 
 
 def parse_rate(text: str) -> tuple[float, int, int]:
@@ -133,22 +146,23 @@ def stored_series(store_url: str, t0: int, t1: int) -> dict[str, list[tuple[int,
 def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: float) -> dict:
     per_sensor, rooms, devices = rate
     sensors = 2 * rooms + devices
-    with Stack(DASH_PORT=str(free_port()), PARTITIONS="3") as stack:
+    with temporary_stack(PARTITIONS="3") as stack:
         run_all = stack.spawn(
             "pipeline.run", "all", "--rate", str(per_sensor), "--rooms", str(rooms), "--devices", str(devices),
             *(["--no-dashboard"] if page == "polling" else []), log_name="all",
         )
         polling = stack.spawn("bench.polling_app", log_name="polling") if page == "polling" else None
         url = f"http://127.0.0.1:{stack.env['DASH_PORT']}/"
-        wait_until(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 90, "the dashboard")
+        wait_for(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 90, "the dashboard", ignore=(OSError,))
         cfg = stack.config()
         with open_store(stack.store_url) as store:
-            wait_until(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 60, "rows in every table")
+            store.ensure_tables()
+            wait_for(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 60, "rows in every table")
         driver = browser()
         try:
             driver.get(url)
-            wait_until(lambda: driver.find_element("id", "status").text == "live", 60, "the page to go live")
-            wait_until(lambda: driver.execute_script(
+            wait_for(lambda: driver.find_element("id", "status").text == "live", 60, "the page to go live", ignore=(WebDriverException,))
+            wait_for(lambda: driver.execute_script(
                 "return document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length") >= len(CHARTS), 30, "traces")
             loaded = int(time.time() * 1000)
             driver.execute_script(HOOK)
@@ -159,11 +173,11 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
             records: list = []
             while time.time() * 1000 < t0 + duration * 1000:
                 time.sleep(2)
-                records += driver.execute_script(TAKE)
+                records += take(driver)
                 meter.sample()
             t1 = int(time.time() * 1000)
             time.sleep(3)  # readings from just before t1 still travelling
-            records += driver.execute_script(TAKE)
+            records += take(driver, wait=60)
             drawn = {key: (xs, ys) for key, xs, ys in driver.execute_script(TRACES)}
         finally:
             driver.quit()

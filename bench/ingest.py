@@ -35,7 +35,8 @@ import threading
 import time
 import uuid
 
-from bench.common import Offsets, Stack, cpu_seconds, print_table, questdb, stop, write_result
+from bench.common import Offsets, cpu_seconds, print_table, questdb, temporary_stack, write_result
+from tests.helpers import stop_process
 
 TOPIC = "temperature"
 GROUP = f"store-writer.{TOPIC}"
@@ -82,7 +83,7 @@ def measure(backend: str, store_url: str | None, writers: int, n: int, rooms: in
     from pipeline.store import open_store
 
     env = {"WRITER_BATCH_SIZE": str(args.batch_size), "WRITER_FLUSH_MS": str(args.flush_ms)}
-    with Stack(store_url=store_url, keep=args.keep, **env) as stack, stack.broker(partitions=args.partitions) as broker:
+    with temporary_stack(args.keep, store_url, **env) as stack, stack.broker(partitions=args.partitions) as broker:
         store = open_store(stack.store_url)
         try:
             store.ensure_tables()
@@ -137,7 +138,7 @@ def measure(backend: str, store_url: str | None, writers: int, n: int, rooms: in
             bench_cpu = time.process_time() - bench_cpu0
             elapsed = t1 - t0
             for p in procs:
-                stop(p)
+                stop_process(p)
             final = store.count(spec) - before
         finally:
             store.close()
@@ -170,7 +171,7 @@ def profile(store_url: str | None, n: int, rooms: int, args) -> None:
 
     spec = TOPICS[TOPIC]
     env = {"WRITER_BATCH_SIZE": str(args.batch_size), "WRITER_FLUSH_MS": str(args.flush_ms)}
-    with Stack(store_url=store_url, keep=args.keep, **env) as stack, stack.broker(partitions=args.partitions):
+    with temporary_stack(args.keep, store_url, **env) as stack, stack.broker(partitions=args.partitions):
         produce(stack.bootstrap, n, rooms, "room-")
         cfg = stack.config()
         store = open_store(cfg.store_url)

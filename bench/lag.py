@@ -27,7 +27,8 @@ import re
 import statistics
 import time
 
-from bench.common import Offsets, Stack, cpu_seconds, percentile, print_table, questdb, stop, write_result
+from bench.common import Offsets, cpu_seconds, percentile, print_table, questdb, temporary_stack, write_result
+from tests.helpers import stop_process
 
 TOPIC = "temperature"
 GROUP = f"store-writer.{TOPIC}"
@@ -51,7 +52,7 @@ def measure(backend: str, store_url: str | None, rate: int, args) -> dict:
     rooms = max(1, round(rate / args.sensor_rate))
     per_sensor = rate / rooms
     env = {"WRITER_BATCH_SIZE": str(args.batch_size), "WRITER_FLUSH_MS": str(args.flush_ms)}
-    with Stack(store_url=store_url, keep=args.keep, **env) as stack, stack.broker(partitions=args.partitions) as broker:
+    with temporary_stack(args.keep, store_url, **env) as stack, stack.broker(partitions=args.partitions) as broker:
         writers = [stack.spawn("pipeline.run", "consumer", TOPIC, log_name=f"writer-{i}") for i in range(args.writers)]
         for i, w in enumerate(writers):
             stack.wait_log(f"writer-{i}", "assigned partitions", w, 60)
@@ -82,7 +83,7 @@ def measure(backend: str, store_url: str | None, rate: int, args) -> dict:
             high1 = offsets.high()
             cpu = {k: round((cpu_seconds(v) - cpu0[k]) / (t1 - t0), 2) for k, v in pids.items()}
         finally:
-            stop(prod)
+            stop_process(prod)
         # Drain: how long until the writers have committed what was produced.
         stopped, high_final = time.monotonic(), offsets.high()
         drained = None
@@ -94,7 +95,7 @@ def measure(backend: str, store_url: str | None, rate: int, args) -> dict:
         final_lag = high_final - offsets.committed()
         offsets.close()
         for w in writers:
-            stop(w)
+            stop_process(w)
         from pipeline.schema import TOPICS
         from pipeline.store import open_store
 

@@ -30,8 +30,8 @@ import urllib.request
 
 import psutil
 
-from bench.common import ROOT, Stack, free_port, print_table, stop, write_result
-from tests.helpers import browser
+from bench.common import ROOT, print_table, temporary_stack, write_result
+from tests.helpers import Stack, browser, free_port, stop_process
 
 NO_POLLER = (
     "import threading, dash_app.services as s\n"
@@ -104,13 +104,13 @@ def main() -> None:
     if args.quick:
         args.duration = 10
     results: dict[str, float] = {}
-    with Stack() as stack:
+    with temporary_stack() as stack:
         pipeline = stack.spawn("pipeline.run", "all", "--no-dashboard", log_name="all")
         stack.wait_log("all", "assigned partitions", pipeline, 60)
 
         dash = start_dashboard(stack, free_port(), poller=False)
         results["A: no poller, no page"] = measure(dash, args.warmup, args.duration)
-        stop(dash)
+        stop_process(dash)
 
         port = free_port()
         dash = start_dashboard(stack, port, poller=True)
@@ -135,8 +135,8 @@ def main() -> None:
                 time.sleep(1)
         finally:
             driver.quit()
-        stop(dash)
-        stop(pipeline, timeout=60)
+        stop_process(dash)
+        stop_process(pipeline, timeout=60)
 
     a, b = results["A: no poller, no page"], results["B: poller, no page"]
     c, d = results["C: poller, 1 page"], results[f"D: poller, {args.pages} pages"]

@@ -28,10 +28,11 @@ import threading
 import time
 
 import psutil
+from selenium.common.exceptions import WebDriverException
 
-from bench.common import Stack, free_port, print_table, wait_until, write_result
+from bench.common import print_table, temporary_stack, write_result
 from bench.lag import slope
-from tests.helpers import browser
+from tests.helpers import browser, wait_for
 
 KINDS = ("broker", "producer", "writer", "dashboard", "chromium")
 
@@ -161,11 +162,11 @@ def page_age(driver) -> float | None:
 def open_page(url: str):
     import urllib.request
 
-    wait_until(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 90, "the dashboard")
+    wait_for(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 90, "the dashboard", ignore=(OSError,))
     driver = browser()
     driver.get(url)
-    wait_until(lambda: driver.find_element("id", "status").text == "live", 90, "the page to go live")
-    wait_until(lambda: page_age(driver) is not None, 60, "points on the page")
+    wait_for(lambda: driver.find_element("id", "status").text == "live", 90, "the page to go live", ignore=(WebDriverException,))
+    wait_for(lambda: page_age(driver) is not None, 60, "points on the page")
     return driver
 
 
@@ -210,7 +211,7 @@ def main() -> None:
     from pipeline.store import open_store
 
     driver = None
-    with Stack(keep=args.keep, DASH_PORT=str(free_port())) as stack:
+    with temporary_stack(keep=args.keep) as stack:
         cfg = stack.config()
         started_ms = int(time.time() * 1000)
         cmd = ["pipeline.run", "all", "--rate", f"{args.rate:g}"] + ([] if args.dashboard else ["--no-dashboard"])

@@ -8,9 +8,6 @@ Needs what the tests need: selenium (tests/requirements.txt) and Debian's chromi
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,12 +21,11 @@ from pipeline import config
 from pipeline.producer import sensors
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
-from tests.helpers import browser, free_port, stop_process, wait_for
+from tests.helpers import Stack, browser, wait_for
 
 
-def backfill(minutes: int) -> None:
+def backfill(cfg: config.Config, minutes: int) -> None:
     """Write `minutes` of simulated readings, one a second per sensor, straight into the store."""
-    cfg = config.load()
     now = int(time.time() * 1000)
     with open_store(cfg.store_url) as store:
         store.ensure_tables()
@@ -59,26 +55,13 @@ def main() -> int:
     if args.url:
         shoot(args.url, args.out)
     else:
-        tmp = Path(tempfile.mkdtemp(prefix="screenshot-"))
-        os.environ.update(
-            BROKER_PORT=str(free_port()), DASH_PORT=str(free_port()), RUN_DIR=str(tmp), STORE_URL=f"sqlite:///{tmp / 'store.db'}"
-        )
-        os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-        backfill(args.history_minutes)
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.run", "all"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{os.environ['DASH_PORT']}/"
-        try:
-            def up():
-                try:
-                    return urllib.request.urlopen(url, timeout=1).status == 200
-                except OSError:
-                    return False
-
-            wait_for(up, 60, "the dashboard to answer", interval=0.5)
+        with tempfile.TemporaryDirectory(prefix="screenshot-") as tmp, Stack(Path(tmp)) as stack:
+            backfill(stack.config(), args.history_minutes)
+            stack.spawn("pipeline.run", "all", log_name="all")
+            url = f"http://127.0.0.1:{stack.env['DASH_PORT']}/"
+            wait_for(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 60, "the dashboard to answer", interval=0.5, ignore=(OSError,))
             time.sleep(10)  # some live points on top of the history
             shoot(url, args.out)
-        finally:
-            stop_process(proc, signal.SIGINT)
     print(f"wrote {args.out}")
     return 0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -15,7 +16,7 @@ from pipeline import kafka
 from pipeline.broker import current_address, read_address
 from pipeline.config import Config
 from pipeline.daemon import Every
-from pipeline.schema import Topic
+from pipeline.schema import TOPICS, Topic
 from pipeline.simulate import RoomClimate, SimulatedMachine, ThisMachine, device_names, room_names
 
 REPORT_S = 10.0
@@ -159,6 +160,15 @@ class _Outbox:
         return len(self.current) + sum(len(p) for p, _ in self.retiring)
 
 
+def first_tick_ms(spec: Topic, period_ms: float, now_ms: float) -> int:
+    """When a topic's producer first samples: the next instant, on the wall clock, at the
+    topic's own phase of the period (with three topics at 0, 1/3 and 2/3 of it). Independent
+    devices do not all report in the same instant, and daemons started together would
+    otherwise tick together for as long as they run."""
+    phase_ms = period_ms * list(TOPICS).index(spec.name) / len(TOPICS)
+    return math.ceil(math.ceil((now_ms - phase_ms) / period_ms) * period_ms + phase_ms)
+
+
 def run(cfg: Config, spec: Topic, stop: threading.Event) -> None:
     log = logging.getLogger(f"producer.{spec.name}")
     readers = sensors(spec, cfg)
@@ -172,12 +182,14 @@ def run(cfg: Config, spec: Topic, stop: threading.Event) -> None:
     # the loop runs late and catches up (the store upserts on (ts, key), so two readings of one
     # sensor must never share a millisecond; RATE is at most 1000).
     period_ms = 1000.0 / cfg.rate
-    mono0, wall0, k = time.monotonic(), time.time_ns() // 1_000_000, 0
+    now_ms = time.time_ns() / 1e6
+    wall0 = first_tick_ms(spec, period_ms, now_ms)
+    mono0, k = time.monotonic() + (wall0 - now_ms) / 1000, 0
     report = Every(REPORT_S)
     reported_sent, reported_failed = 0, 0
     while not stop.is_set():
         out.follow()
-        due = int((time.monotonic() - mono0) * 1000 / period_ms)
+        due = math.floor((time.monotonic() - mono0) * 1000 / period_ms)  # -1 before the first tick
         if due - k > cfg.rate:  # over a second behind (the machine stalled): sensors skip what they missed
             log.warning("fell %.1fs behind; skipping %d ticks", (due - k) * period_ms / 1000, due - k)
             k = due

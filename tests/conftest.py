@@ -4,14 +4,13 @@ Everything a test starts is stopped in `finally`, by PID, and binds to 127.0.0.1
 """
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
 
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
-from tests.helpers import Stack, chrome_options, free_port, stop_process, wait_for
+from tests.helpers import Stack, chrome_options, stop_process, wait_for
 
 
 def pytest_setup_options():
@@ -20,27 +19,15 @@ def pytest_setup_options():
 
 
 @pytest.fixture
-def stack(tmp_path) -> Stack:
-    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS",)}
-    env.update(
-        BROKER_PORT=str(free_port()),
-        STORE_URL=f"sqlite:///{tmp_path / 'store.db'}",
-        RUN_DIR=str(tmp_path / "run"),
-        DASH_PORT=str(free_port()),
-        PYTHONUNBUFFERED="1",
-    )
-    return Stack(env, tmp_path)
+def stack(tmp_path):
+    with Stack(tmp_path) as instance:
+        yield instance
 
 
 @pytest.fixture
 def broker(stack: Stack):
     """A real embedded broker process with the product's topics created."""
-    with stack.running("pipeline.run", "broker") as proc:
-        wait_for(lambda: "listening" in stack.log("pipeline.run-broker") or proc.poll() is not None, 20, "the broker to start")
-        assert proc.poll() is None, stack.log("pipeline.run-broker")
-        from pipeline.admin import ensure_topics
-
-        ensure_topics(stack.config())
+    with stack.broker() as proc:
         yield proc
 
 

@@ -11,8 +11,8 @@ import tempfile
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import psutil
 
@@ -25,11 +25,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll until predicate() is truthy; fail with `what` on timeout. Returns the value."""
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1, ignore: tuple[type[BaseException], ...] = ()):
+    """Poll until predicate() is truthy; fail with `what` on timeout. Returns the value. An
+    exception of a type in `ignore` (a server not answering yet, a page not rendered yet)
+    counts as not yet."""
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except ignore:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -86,12 +91,21 @@ def browser(*extra: str):
     return webdriver.Chrome(options=chrome_options(*extra))
 
 
-@dataclass
 class Stack:
-    """Environment of one isolated product instance: its own broker port, store and run dir."""
+    """One isolated product instance: its own broker and dashboard ports, RUN_DIR, SQLite store
+    (unless `store_url` names another) and environment, in `tmp`, which also holds each
+    process's log. As a context manager, it stops on exit every process it started that still
+    runs (by PID, descendants too)."""
 
-    env: dict
-    tmp: Path
+    def __init__(self, tmp: Path, store_url: str | None = None, **env: str):
+        self.tmp = Path(tmp)
+        self.procs: list[subprocess.Popen] = []
+        self.env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+        self.env.update(
+            BROKER_PORT=str(free_port()), DASH_PORT=str(free_port()), RUN_DIR=str(self.tmp / "run"),
+            STORE_URL=store_url or f"sqlite:///{self.tmp / 'store.db'}", PYTHONUNBUFFERED="1",
+        )
+        self.env.update(env)
 
     @property
     def store_url(self) -> str:
@@ -102,21 +116,39 @@ class Stack:
         return f"127.0.0.1:{self.env['BROKER_PORT']}"
 
     def config(self):
+        """The product's Config as the processes this stack spawns see it."""
         from unittest import mock
 
         from pipeline import config
 
-        with mock.patch.dict(os.environ, self.env):
+        with mock.patch.dict(os.environ, self.env, clear=True):
             return config.load()
 
-    def spawn(self, *args: str, log_name: str | None = None) -> subprocess.Popen:
+    def spawn(self, *args: str, log_name: str | None = None, env: dict | None = None) -> subprocess.Popen:
+        """`python -m ARGS` in the repo root with this stack's environment (plus `env`); its
+        output goes to LOG_NAME.log (default: the arguments joined by "-")."""
         with open(self.tmp / f"{log_name or '-'.join(args)}.log", "ab") as log:  # the child keeps its own copy
-            return subprocess.Popen(
-                [sys.executable, "-m", *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(
+                [sys.executable, "-m", *args], cwd=ROOT, env={**self.env, **(env or {})},
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
+        self.procs.append(proc)
+        return proc
 
     def log(self, name: str) -> str:
-        return (self.tmp / f"{name}.log").read_text(errors="replace")
+        try:
+            return (self.tmp / f"{name}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, name: str, text: str, proc: subprocess.Popen, timeout: float) -> None:
+        """Wait for `text` in NAME.log; fail at once, with the log, if `proc` exits first."""
+        def seen() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-2000:]}")
+            return text in self.log(name)
+
+        wait_for(seen, timeout, f"{text!r} in {name}.log", interval=0.05)
 
     @contextmanager
     def running(self, *args: str, log_name: str | None = None):
@@ -124,6 +156,25 @@ class Stack:
         try:
             yield proc
         finally:
+            stop_process(proc)
+
+    @contextmanager
+    def broker(self, partitions: int | None = None):
+        """The embedded broker with the product's topics (PARTITIONS each, if given)."""
+        if partitions is not None:
+            self.env["PARTITIONS"] = str(partitions)
+        with self.running("pipeline.run", "broker", log_name="broker") as proc:
+            self.wait_log("broker", "listening", proc, 30)
+            from pipeline.admin import ensure_topics
+
+            ensure_topics(self.config())
+            yield proc
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in reversed(self.procs):
             stop_process(proc)
 
 

@@ -2,6 +2,8 @@
 import itertools
 import statistics
 
+from pipeline.producer import first_tick_ms
+from pipeline.schema import TOPICS
 from pipeline.simulate import RoomClimate, SimulatedMachine, room_names
 
 
@@ -34,3 +36,13 @@ def test_simulated_machine_stays_in_range():
 def test_room_names_extend_past_the_named_rooms():
     names = room_names(10)
     assert len(set(names)) == 10 and names[0] == "kitchen" and names[-1] == "room-10"
+
+
+def test_topics_sample_at_their_own_phase_of_the_period():
+    """Producers started together still tick apart: each topic at its own third of the period."""
+    for period_ms in (1000.0, 1000 / 3, 10.0):
+        for now_ms in (1_795_600_000_123.4, 1_795_600_000_999.9):
+            starts = {name: first_tick_ms(spec, period_ms, now_ms) for name, spec in TOPICS.items()}
+            assert all(now_ms <= t < now_ms + period_ms + 1 for t in starts.values()), starts
+            phases = sorted(round(t % period_ms / period_ms * len(TOPICS)) % len(TOPICS) for t in starts.values())
+            assert phases == list(range(len(TOPICS))), (period_ms, starts)
