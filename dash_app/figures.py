@@ -3,15 +3,22 @@
 A frame has `ts` in epoch milliseconds (UTC), the topic's key column and numeric fields. The x
 axis is a date axis fed with milliseconds, the same numbers the live stream appends, so
 history and live points compare exactly. Each trace's `meta` names its series
-("<key>|<field>"), which is how live points find their trace.
+("<key>|<field>"), which is how live points find their trace; traces live points must never
+join (out-of-band markers, envelopes) have a `meta` starting with "!", which no key does.
+
+A downsampled history frame also has `<field>_min` and `<field>_max` per bucket (see
+pipeline.store.base): each series is then drawn as its mean line over a shaded min–max envelope,
+so a spike the mean flattens still shows.
 """
 from __future__ import annotations
 
 import math
 from itertools import pairwise
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from dash_app.charts import Chart
 from pipeline.schema import TOPICS
@@ -23,10 +30,20 @@ FIELD_LABELS = {"memory_used": "used", "memory_total": "total"}
 GAP_INTERVALS = 5  # reporting intervals without a reading that make a hole (a few: jitter never does)
 NO_DATA = "no data in this range"
 OUTSIDE = "outside band"  # name of the markers trace of out-of-band points (history only)
+TEMPLATE = "plotly_white"
+# Series colours set explicitly, in the order Plotly would give them, so an envelope takes its
+# series' colour (an envelope trace would otherwise take the next colour of the cycle).
+COLORWAY = pio.templates[TEMPLATE].layout.colorway
+ENVELOPE_OPACITY = 0.2
 
 
 def series_id(key: str, field: str) -> str:
     return f"{key}|{field}"
+
+
+def envelope_id(key: str, field: str) -> str:
+    """`meta` of a series' min–max envelope: starts with "!", so live points never route to it."""
+    return f"!envelope|{key}|{field}"
 
 
 def gap_threshold_ms(interval_ms: float, bucket_ms: float = 0) -> float:
@@ -65,35 +82,96 @@ def with_gaps(xs: list, ys: list, threshold_ms: float) -> tuple[list, list]:
     return out_x, out_y
 
 
+def _holes(xs, threshold_ms: float) -> np.ndarray:
+    """Indices of the points that come a hole after the one before (where with_gaps puts a null)."""
+    return np.flatnonzero(np.diff(np.asarray(xs, dtype="float64")) >= threshold_ms) + 1
+
+
+def envelope_shape(xs: np.ndarray, lows: np.ndarray, highs: np.ndarray, threshold_ms: float) -> tuple[np.ndarray, np.ndarray]:
+    """The min–max envelope as one outline for Plotly's fill="toself": per run of points without
+    a hole, the lows left to right then the highs right to left; runs are separated by a NaN
+    point (x halfway), and Plotly closes and fills each run on its own. (Two edge traces with
+    fill="tonexty" would be simpler, but Plotly fills across the gaps of such traces, plotly.js
+    issue 2736.) Float arrays: Plotly ships them as typed arrays, cheap to check and to send,
+    and nothing extends this trace."""
+    xs = np.asarray(xs, dtype="float64")
+    ends = [*_holes(xs, threshold_ms).tolist(), len(xs)]
+    out_x: list[np.ndarray] = []
+    out_y: list[np.ndarray] = []
+    start = 0
+    for end in ends if len(xs) else ():
+        if start:
+            out_x.append([(xs[start - 1] + xs[start]) // 2])
+            out_y.append([np.nan])
+        out_x += [xs[start:end], xs[start:end][::-1]]
+        out_y += [lows[start:end], highs[start:end][::-1]]
+        start = end
+    return (np.concatenate(out_x), np.concatenate(out_y)) if out_x else (np.array([]), np.array([]))
+
+
 def line_figure(
     chart: Chart, frame: pd.DataFrame, note: str | None = None, *, span: tuple[int, int] | None = None,
     interval_ms: float = 1000, bucket_ms: float = 0, mark_outside: bool = False,
 ) -> go.Figure:
     """The chart of `frame`. `span`: the [start, end) shown (the x axis is set to it, so an empty
-    range shows its own time span); `bucket_ms`: the width the store averages into for this
-    range (see gap_threshold_ms); `mark_outside`: add a markers trace of out-of-band points."""
+    range shows its own time span); None in live mode; `bucket_ms`: the width the store averages
+    into for this range (see gap_threshold_ms); `mark_outside`: add a markers trace of
+    out-of-band points, an envelope's min and max included.
+
+    A frame with `<field>_min`/`<field>_max` columns (downsampled) outside live mode gets each
+    series' envelope: a filled trace drawn under its mean line, in its colour, in its legend group
+    (hiding the series hides both), with no legend entry of its own; the mean line's hover tells
+    the bucket's min and max. Live mode draws no envelope: assets/live.js extends and trims only
+    the series traces, so an envelope would be left behind as the window moves."""
     key = TOPICS[chart.topic].key
     fig = go.Figure()
     outside_x: list[int] = []
     outside_y: list[float] = []
+    envelope = span is not None and all(f"{f}_min" in frame and f"{f}_max" in frame for f in chart.fields)
+
+    def shown(column: pd.Series) -> np.ndarray:  # stored unit -> the chart's unit
+        return column.to_numpy(dtype="float64") * chart.scale
+
+    number = chart.tickformat or ".4~g"
+    color = 0
     for name, rows in frame.groupby(key, sort=True) if not frame.empty else ():
         xs = rows["ts"].tolist()
         threshold = series_threshold_ms(xs, interval_ms, bucket_ms)
         for field in chart.fields:
             label = name if len(chart.fields) == 1 else f"{name} {FIELD_LABELS.get(field, field)}"
-            ys = (rows[field] * chart.scale).tolist() if chart.scale != 1 else rows[field].tolist()
+            sid, rgb = series_id(name, field), COLORWAY[color % len(COLORWAY)]
+            color += 1
+            ys = shown(rows[field])
+            lows, highs = (shown(rows[f"{field}_min"]), shown(rows[f"{field}_max"])) if envelope else (ys, ys)
             if mark_outside and chart.bands:
-                for x, y in zip(xs, ys):
-                    if any(b.outside(y) for b in chart.bands):
-                        outside_x.append(x)
-                        outside_y.append(y)
-            gx, gy = with_gaps(xs, ys, threshold)
+                # The extremes that break a band (one mark where a raw reading is both); the mean
+                # where neither does (a danger zone between a bucket's min and max).
+                low_out, high_out, mean_out = (_outside(chart.bands, v) for v in (lows, highs, ys))
+                high_out &= ~(low_out & (lows == highs))
+                mean_out &= ~(low_out | high_out)
+                for marked, values in ((low_out, lows), (high_out, highs), (mean_out, ys)):
+                    outside_x += np.asarray(xs)[marked].tolist()
+                    outside_y += values[marked].tolist()
+            hover, customdata = None, None
+            if envelope:
+                ex, ey = envelope_shape(xs, lows, highs, threshold)
+                fig.add_trace(go.Scatter(
+                    x=ex, y=ey, name=f"{label} min–max", mode="lines", meta=envelope_id(name, field), legendgroup=sid,
+                    showlegend=False, fill="toself", fillcolor=_rgba(rgb, ENVELOPE_OPACITY), line={"width": 0}, hoverinfo="skip",
+                ))
+                hover = (f"%{{y:{number}}} {chart.unit} (min %{{customdata[0]:{number}}}, max %{{customdata[1]:{number}}})"
+                         f"<extra>{label}</extra>")
+                # One (min, max) per point of the line, NaN at the null points with_gaps inserts;
+                # an array, as above.
+                customdata = np.insert(np.column_stack((lows, highs)), _holes(xs, threshold), np.nan, axis=0)
+            gx, gy = with_gaps(xs, ys.tolist(), threshold)
             fig.add_trace(
                 go.Scatter(
                     # Plain lists, not numpy arrays: plotly would ship those as typed arrays,
                     # which Plotly.extendTraces (dcc.Graph.extendData) cannot extend.
-                    x=gx, y=gy, name=label, mode="lines",
-                    meta=series_id(name, field), line={"dash": "dot"} if field == "memory_total" else None,
+                    x=gx, y=gy, name=label, mode="lines", meta=sid, legendgroup=sid,
+                    line={"color": rgb, "dash": "dot" if field == "memory_total" else None},
+                    customdata=customdata, hovertemplate=hover,
                 )
             )
     if outside_x:
@@ -109,7 +187,7 @@ def line_figure(
         # Beside the plot: a legend below it hid the axis's two-row date labels (time, then day).
         legend={"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1, "yanchor": "top"},
         uirevision=chart.id,  # keep the user's zoom and legend choices across live updates
-        template="plotly_white",
+        template=TEMPLATE,
         # Tick labels may overflow: by default Plotly measures each against the page on every
         # redraw, which made a live redraw 15-25 % slower in Chromium.
         xaxis={"type": "date", "title": None, "ticklabeloverflow": "allow"},
@@ -138,3 +216,13 @@ def line_figure(
     if note:
         fig.add_annotation(text=note, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font={"size": 14, "color": "#888"})
     return fig
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r}, {g}, {b}, {alpha})"
+
+
+def _outside(bands, values: np.ndarray) -> np.ndarray:
+    """Band.outside over an array: which values break any of the bands."""
+    return np.fromiter((any(b.outside(v) for b in bands) for v in values.tolist()), bool, len(values))

@@ -159,7 +159,7 @@ def register(app, services: Services) -> None:
     )
     def export(clicks, shown):
         """The chart's rows as CSV: the same store read as the chart (raw rows when the range fits
-        in LIVE_MAX_POINTS per series, the store's bucket averages otherwise)."""
+        in LIVE_MAX_POINTS per series, the store's bucket means, mins and maxes otherwise)."""
         chart = CHART_IDS.get(str((ctx.triggered_id or {}).get("id")))
         if not clicks or chart is None or not shown:
             raise PreventUpdate
@@ -197,12 +197,17 @@ def register(app, services: Services) -> None:
 
 
 def export_csv(chart, frame: pd.DataFrame) -> str:
-    """ts (ISO 8601 UTC, ms), the room/device, the chart's fields in stored units (bytes, not GiB)."""
+    """ts (ISO 8601 UTC, ms), the room/device, the chart's fields in stored units (bytes, not GiB).
+
+    A downsampled range has, per field, the bucket's mean (`<field>`), then `<field>_min` and
+    `<field>_max`; ts is then the bucket start. Raw rows have the fields alone."""
     key = TOPICS[chart.topic].key
     out = pd.DataFrame({"ts": pd.to_datetime(frame["ts"], unit="ms", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"})
     out[key] = frame[key].to_numpy()
     for field in chart.fields:
-        out[field] = frame[field].to_numpy()
+        for column in (field, f"{field}_min", f"{field}_max"):
+            if column in frame:
+                out[column] = frame[column].to_numpy()
     return out.to_csv(index=False)
 
 

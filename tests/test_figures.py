@@ -1,15 +1,25 @@
-"""Figures without a browser: the gap rule, empty ranges, units, bands, export files and URL views."""
+"""Figures without a browser: the gap rule, empty ranges, units, bands, envelopes, export files and URL views."""
 from __future__ import annotations
 
 import io
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from dash_app.cards import STALE_MIN_MS, stale_after_ms
 from dash_app.charts import CHARTS, Band
 from dash_app.controls import from_query
-from dash_app.figures import GAP_INTERVALS, NO_DATA, OUTSIDE, gap_threshold_ms, line_figure, series_threshold_ms, with_gaps
+from dash_app.figures import (
+    GAP_INTERVALS,
+    NO_DATA,
+    OUTSIDE,
+    envelope_shape,
+    gap_threshold_ms,
+    line_figure,
+    series_threshold_ms,
+    with_gaps,
+)
 from dash_app.graphs import export_csv, export_name
 from pipeline.store.base import bucket_ms
 
@@ -105,6 +115,76 @@ def test_bands_are_drawn_and_points_outside_marked():
     assert all(t.name != OUTSIDE for t in line_figure(CHART["temperature"], frame).data)  # live: none
 
 
+def downsampled(xs, room="kitchen", mean=21.0, low=20.0, high=22.0, spike: dict | None = None):
+    """A store's downsampled frame: per bucket the mean and the envelope; `spike` {ts: max}."""
+    spike = spike or {}
+    return pd.DataFrame({"ts": xs, "room": room, "value": [mean] * len(xs), "value_min": [low] * len(xs),
+                         "value_max": [spike.get(x, high) for x in xs]})
+
+
+def envelope_of(fig, meta: str):
+    return next(t for t in fig.data if t.meta == f"!envelope|{meta}")
+
+
+def test_a_downsampled_series_gets_its_envelope_under_its_line_tied_to_its_legend_entry():
+    step = bucket_ms(T0, T0 + 86_400_000, 2000)
+    xs = [T0 + i * step for i in range(1000)]
+    frame = pd.concat([downsampled(xs, spike={xs[500]: 95.0}), downsampled(xs, room="hall", mean=19.0)])
+    fig = line_figure(CHART["temperature"], frame, span=(T0, T0 + 86_400_000), bucket_ms=step, mark_outside=True)
+    metas = [t.meta for t in fig.data]
+    assert metas == ["!envelope|hall|value", "hall|value", "!envelope|kitchen|value", "kitchen|value", f"!{OUTSIDE}"]
+    for room in ("hall", "kitchen"):
+        line, band = next(t for t in fig.data if t.meta == f"{room}|value"), envelope_of(fig, f"{room}|value")
+        assert band.meta.startswith("!"), "live points route by meta: never to an envelope"
+        assert band.legendgroup == line.legendgroup == line.meta and band.showlegend is False
+        assert band.fill == "toself" and band.line.width == 0
+        r, g, b = (int(line.line.color[i:i + 2], 16) for i in (1, 3, 5))
+        assert band.fillcolor.startswith(f"rgba({r}, {g}, {b}, ")  # the series' own colour, see-through
+        assert line.customdata[:2].tolist() == [[20.0, 22.0]] * 2  # the hover's min and max
+    assert fig.data[1].line.color != fig.data[3].line.color
+    # The spike the mean flattens is the envelope's top, and it is marked as outside the comfort band.
+    kitchen, band = next(t for t in fig.data if t.meta == "kitchen|value"), envelope_of(fig, "kitchen|value")
+    assert max(kitchen.y) == 21.0 and np.nanmax(band.y) == 95.0
+    assert band.x[np.nanargmax(band.y)] == xs[500]
+    marks = next(t for t in fig.data if t.name == OUTSIDE)
+    assert list(zip(marks.x, marks.y)) == [(xs[500], 95.0)]
+
+
+def test_an_empty_bucket_breaks_the_envelope_too():
+    step = bucket_ms(T0, T0 + 7 * 86_400_000, 2000)
+    xs = [T0 + i * step for i in range(10) if i != 5]
+    fig = line_figure(CHART["temperature"], downsampled(xs), span=(T0, T0 + 7 * 86_400_000), bucket_ms=step)
+    band, line = envelope_of(fig, "kitchen|value"), next(t for t in fig.data if t.meta == "kitchen|value")
+    assert breaks(line) == [(xs[4], xs[5])]
+    # Two closed shapes, one per run: the lows left to right, then the highs back; a gap between.
+    (gap,) = np.flatnonzero(np.isnan(band.y))
+    assert band.x[:gap].tolist() == xs[:5] + xs[:5][::-1] and band.y[:gap].tolist() == [20.0] * 5 + [22.0] * 5
+    assert band.x[gap + 1:].tolist() == xs[5:] + xs[5:][::-1]
+    assert band.x[gap] == (xs[4] + xs[5]) // 2
+    # The hover's (min, max) line up with the line's points, its null point included.
+    assert len(line.customdata) == len(line.y) and np.isnan(line.customdata[5]).all()
+    assert line.customdata[6].tolist() == [20.0, 22.0]
+    assert [a.size for a in envelope_shape([], np.array([]), np.array([]), 1000)] == [0, 0]
+
+
+def test_raw_ranges_and_live_charts_have_no_envelope():
+    xs = [T0 + i * 1000 for i in range(100)]
+    raw = line_figure(CHART["temperature"], temps(xs), span=(T0, T0 + 3_600_000))
+    live = line_figure(CHART["temperature"], downsampled(xs))  # live: assets/live.js moves the series traces only
+    for fig in (raw, live):
+        assert [t.meta for t in fig.data] == ["kitchen|value"]
+        assert fig.data[0].customdata is None
+
+
+def test_the_envelope_is_in_the_charts_unit():
+    frame = pd.DataFrame({"ts": [T0, T0 + 60_000], "device": "d", "cpu_percent": 1.0,
+                          "memory_used": [2 * 2**30] * 2, "memory_used_min": [2**30] * 2, "memory_used_max": [4 * 2**30] * 2,
+                          "memory_total": [16 * 2**30] * 2, "memory_total_min": [16 * 2**30] * 2, "memory_total_max": [16 * 2**30] * 2})
+    fig = line_figure(CHART["memory"], frame, span=(T0, T0 + 86_400_000), bucket_ms=60_000)
+    assert envelope_of(fig, "d|memory_used").y.tolist() == [1.0, 1.0, 4.0, 4.0]
+    assert envelope_of(fig, "d|memory_total").y.tolist() == [16.0] * 4
+
+
 def test_stale_after_several_intervals_but_never_sooner_than_the_floor():
     assert stale_after_ms(1000) == STALE_MIN_MS
     assert stale_after_ms(10_000) == 50_000
@@ -117,6 +197,11 @@ def test_export_csv_and_name():
     assert list(back.columns) == ["ts", "device", "cpu_percent"]
     assert pd.to_datetime(back["ts"]).astype("datetime64[ms, UTC]").astype("int64").tolist() == [T0, T0 + 1500]
     assert export_name(CHART["cpu"], "24h", T0, T0 + 86_400_000).startswith("systemusage-cpu_24h_")
+    # A downsampled range: each field's mean, min and max per bucket.
+    frame["cpu_percent_min"], frame["cpu_percent_max"] = [0.5, 1.0], [9.5, 99.0]
+    back = pd.read_csv(io.StringIO(export_csv(CHART["cpu"], frame)))
+    assert list(back.columns) == ["ts", "device", "cpu_percent", "cpu_percent_min", "cpu_percent_max"]
+    assert back["cpu_percent_max"].tolist() == [9.5, 99.0]
     assert export_name(CHART["temperature"], "1h", T0, T0 + 1).startswith("temperature_1h_")
 
 

@@ -28,14 +28,34 @@ TEMP = TOPICS["temperature"]
 ROOM = "cellar"
 HOUR = 3_600_000
 
+# Points as Plotly holds them after decoding (_fullData): a trace sent as a typed array (an
+# envelope) stays an encoded object in gd.data. NaN, a typed array's gap, reads as null.
 TRACE = """
 const gd = Array.from(document.querySelectorAll('.js-plotly-plot'))
     .find(g => JSON.parse(g.closest('.dash-graph').id).id === arguments[0]);
-if (!gd || !gd.data) return null;
-const t = gd.data.find(t => t.meta === arguments[1]);
+if (!gd || !gd.data || !gd._fullData) return null;
+const t = gd._fullData.find(t => t.meta === arguments[1]);
+const values = (a) => Array.from(a, (v) => (Number.isNaN(v) ? null : v));
 return {range: gd.layout.xaxis.range, traces: gd.data.length,
         notes: (gd.layout.annotations || []).map(a => a.text),
-        x: t ? Array.from(t.x) : null, y: t ? Array.from(t.y) : null};
+        x: t ? values(t.x) : null, y: t ? values(t.y) : null};
+"""
+
+
+HOVER = """
+const gd = Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .find(g => JSON.parse(g.closest('.dash-graph').id).id === arguments[0]);
+const i = gd.data.findIndex(t => t.meta === arguments[1]);
+Plotly.Fx.hover(gd, [{curveNumber: i, pointNumber: Array.from(gd.data[i].x).indexOf(arguments[2])}]);
+return gd.querySelector('.hoverlayer').textContent;
+"""
+
+
+FILL_SHAPES = """
+const gd = Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .find(g => JSON.parse(g.closest('.dash-graph').id).id === arguments[0]);
+const trace = Array.from(gd.querySelectorAll('.scatterlayer .trace')).find(n => n.__data__[0].trace.meta === arguments[1]);
+return (trace.querySelector('.js-fill').getAttribute('d').match(/M/g) || []).length;
 """
 
 
@@ -69,6 +89,34 @@ def test_a_two_hour_hole_is_a_break_in_the_line(dashboard):
     holes = [(xs[i - 1], xs[i + 1]) for i, y in enumerate(ys) if y is None]
     assert holes == [(before[-1], after[0])], "one break, exactly over the two-hour hole"
     assert [x for x, y in zip(xs, ys) if y is not None] == before + after
+    assert duo.get_logs() == [], "browser console errors"
+
+
+def test_a_stored_spike_survives_on_the_24h_and_7d_views(dashboard):
+    """One 95 °C reading among 20 °C ones over 23 h: the bucket means flatten it, the envelope keeps it."""
+    duo, services = dashboard
+    now = now_ms() // 10_000 * 10_000
+    # ~7,100 readings (downsampled on both views), with a 3-hour hole that breaks the envelope.
+    stamps = [t for t in range(now - 23 * HOUR, now - 600_000, 10_000) if not now - 8 * HOUR <= t < now - 5 * HOUR]
+    spike = stamps[len(stamps) // 4]
+    write_cellar(services.cfg.store_url, [t for t in stamps if t != spike], value=20.0)
+    write_cellar(services.cfg.store_url, [spike], value=95.0)
+    for view, status in (("24h", "last 24 h"), ("7d", "last 7 d")):
+        open_view(duo, f"?range={view}")
+        duo.wait_for_text_to_equal("#status", status, timeout=30)
+        band = wait_for(lambda: (c := chart(duo, "temperature", f"!envelope|{ROOM}|value")) and c["y"] and c, 20, f"the {view} envelope")
+        line = chart(duo, "temperature")
+        assert max(y for y in line["y"] if y is not None) < 95.0, f"{view}: the mean flattens the spike"
+        top = max(y for y in band["y"] if y is not None)
+        assert top == 95.0, f"{view}: the envelope's upper edge reaches the spike"
+        bucket = min(x for x, y in zip(band["x"], band["y"]) if y == top)
+        assert spike - 600_000 < bucket <= spike, f"{view}: at the spike's bucket"
+        hover = duo.driver.execute_script(HOVER, "temperature", f"{ROOM}|value", bucket)
+        assert "min 20" in hover and "max 95" in hover, f"{view}: the line's hover gives the bucket's min and max: {hover!r}"
+        assert band["y"].count(None) == 1, f"{view}: one gap, over the hole"
+        assert duo.driver.execute_script(FILL_SHAPES, "temperature", f"!envelope|{ROOM}|value") == 2, f"{view}: drawn as two shapes"
+        marks = chart(duo, "temperature", "!outside band")
+        assert 95.0 in marks["y"], f"{view}: the spike is marked outside the comfort band"
     assert duo.get_logs() == [], "browser console errors"
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.schema import TOPICS, Humidity, SystemUsage, Temperature, Topic
 from pipeline.store import Store, StoreUnavailable, open_store
-from pipeline.store.base import bucket_ms
+from pipeline.store.base import bucket_ms, envelope_columns
 
 TEMP, HUM, SYS = TOPICS["temperature"], TOPICS["humidity"], TOPICS["systemusage"]
 BASE = 1_773_137_000_000  # 2026-03-10T10:03:20Z, a multiple of 10 s
@@ -99,8 +99,9 @@ def check_shape(frame: pd.DataFrame, spec: Topic, columns) -> None:
     if "received_at" in frame:
         assert str(frame["received_at"].dtype) == "datetime64[ms, UTC]"
     assert pd.api.types.is_string_dtype(frame[spec.key])
-    for c in spec.numeric:
-        assert frame[c].dtype == "float64", (c, frame[c].dtype)
+    for c in columns[2:]:
+        if c != "received_at" and c not in spec.text:
+            assert frame[c].dtype == "float64", (c, frame[c].dtype)
 
 
 def by_key(frame: pd.DataFrame, spec: Topic) -> dict[str, pd.DataFrame]:
@@ -268,7 +269,7 @@ def test_range_downsamples_to_max_points_per_series(store, max_points):
     bucket = bucket_ms(start, end, max_points)
     raw = by_key(store.since(TEMP, start, end), TEMP)
     down = store.range(TEMP, start, end, max_points)
-    check_shape(down, TEMP, RANGE_COLUMNS(TEMP))
+    check_shape(down, TEMP, envelope_columns(TEMP))
     assert ms(down["ts"]) == sorted(ms(down["ts"]))
     per_room = by_key(down, TEMP)
     assert sorted(per_room) == ["hall", "kitchen"]
@@ -279,6 +280,8 @@ def test_range_downsamples_to_max_points_per_series(store, max_points):
         lo, hi = raw[room]["value"].min(), raw[room]["value"].max()
         assert rows["value"].between(lo, hi).all(), (room, lo, hi, rows)
         assert rows["value"].nunique() > 1  # averages, not a constant
+        assert (rows["value_min"] <= rows["value"]).all() and (rows["value"] <= rows["value_max"]).all()
+        assert rows["value_min"].min() == lo and rows["value_max"].max() == hi  # every reading is in some bucket
 
 
 def check_rows_outside_the_window_ignored(store, max_points):
@@ -294,6 +297,7 @@ def check_rows_outside_the_window_ignored(store, max_points):
     assert 2 <= len(down) <= max_points
     assert all(start - bucket <= t < end for t in ms(down["ts"]))
     assert down["value"].between(20.0, 28.0).all(), down
+    assert down["value_min"].min() == 20.0 and down["value_max"].max() == 28.0, down
 
 
 def test_range_downsampled_values_ignore_rows_outside_the_window(store):
@@ -309,12 +313,144 @@ def test_range_systemusage_averages_every_numeric_field(store):
     wait_count(store, SYS, 240)
     start, end = BASE, BASE + 240 * SEC
     down = store.range(SYS, start, end, 12)
-    check_shape(down, SYS, RANGE_COLUMNS(SYS))
+    check_shape(down, SYS, envelope_columns(SYS))
     assert 2 <= len(down) <= 12
     raw = store.since(SYS, start, end)
     for c in SYS.numeric:
         assert down[c].between(raw[c].min(), raw[c].max()).all(), c
-    assert (down["memory_total"] == 16 * GIB).all()
+        assert down[f"{c}_min"].min() == raw[c].min() and down[f"{c}_max"].max() == raw[c].max(), c
+    assert (down[["memory_total", "memory_total_min", "memory_total_max"]] == 16 * GIB).all().all()
+
+
+# ---- envelopes: min and max per bucket -----------------------------------------------------------
+
+
+def bucket_of(down: pd.DataFrame, ts: int) -> pd.Series:
+    """The downsampled row whose bucket holds `ts` (the last bucket starting at or before it)."""
+    starts = ms(down["ts"])
+    return down.iloc[max(i for i, t in enumerate(starts) if t <= ts)]
+
+
+@pytest.mark.parametrize(("every", "hours", "max_points"), [
+    (SEC, 1 / 3, 200),  # buckets of 6 s: from raw rows
+    (SEC, 1 / 3, 8),  # 171 s (SQLite: 180 s, from the 10-second rollup)
+    (5 * SEC, 3, 8),  # 1,543 s (SQLite: 1,560 s, from the minute rollup)
+], ids=["raw", "10s-buckets", "minute-buckets"])
+def test_a_spike_survives_in_its_buckets_max_and_the_mean_is_unchanged(store, every, hours, max_points):
+    # Readings at 20 °C with 95 °C and -5 °C ones in the middle, and in each kind of piece at the
+    # two edges of a window aligned to neither 10 s nor a minute (SQLite reads those from raw
+    # rows and the 10-second rollup; BASE + 40 s is a whole minute).
+    n = int(hours * 3_600_000 // every)
+    last = BASE + (n - 1) * every
+    start, end = BASE + 2_500, last + 500
+    spikes = {BASE + 5 * SEC: 95.0, BASE + 20 * SEC: -5.0, BASE + n // 2 * every: 95.0, last - 10 * SEC: -5.0, last: 95.0}
+    readings = temps("kitchen", BASE, n, step=every, value=lambda i: spikes.get(BASE + i * every, 20.0)) + temps("hall", BASE, n, step=every)
+    store.write(TEMP, readings, RECEIVED)
+    wait_count(store, TEMP, 2 * n)
+    down = store.range(TEMP, start, end, max_points)
+    check_shape(down, TEMP, envelope_columns(TEMP))
+    kitchen = by_key(down, TEMP)["kitchen"]
+    assert 2 <= len(kitchen) <= max_points
+    raw = store.since(TEMP, start, end)
+    raw = raw[raw["room"] == "kitchen"]
+    starts = ms(kitchen["ts"])
+    for i, row in kitchen.iterrows():
+        upto = starts[i + 1] if i + 1 < len(starts) else end
+        inside = raw[(raw["ts"] >= row["ts"]) & (raw["ts"] < pd.Timestamp(upto, unit="ms", tz="UTC"))]["value"]
+        assert row["value"] == pytest.approx(inside.mean()), row  # the mean as before
+        assert (row["value_min"], row["value_max"]) == (inside.min(), inside.max()), row
+    for ts, value in spikes.items():
+        row = bucket_of(kitchen, ts)
+        assert value in (row["value_min"], row["value_max"]), (ts, row)
+        assert row["value"] != value  # the mean flattens it: only the envelope shows it
+    assert kitchen["value_max"].max() == 95.0 and kitchen["value_min"].min() == -5.0
+
+
+@pytest.mark.parametrize(("every", "max_points"), [
+    (SEC, 40),  # buckets of 3.08 s: from raw rows
+    (SEC, 4),  # 40 s: SQLite's 10-second rollup
+    (60 * SEC, 4),  # 2,400 s: SQLite's minute rollup
+], ids=["raw", "10s-buckets", "minute-buckets"])
+def test_redelivered_and_late_readings_keep_each_buckets_min_and_max_exact(store, every, max_points):
+    # 120 readings; the buckets of [BASE, BASE + 120 readings) hold readings 0-39, 40-79, 80-119
+    # (in the first two cases) or start 200 s before BASE (the third): the steps below each change
+    # one bucket.
+    start, end = BASE, BASE + 120 * every
+    store.write(TEMP, temps("kitchen", BASE, 120, step=every, value=lambda i: 95.0 if i == 50 else 20.0), RECEIVED)
+    wait_count(store, TEMP, 120)
+    spike = BASE + 50 * every
+
+    def envelope_at(ts):
+        return lambda: bucket_of(store.range(TEMP, start, end, max_points), ts)
+
+    assert envelope_at(spike)()["value_max"] == 95.0
+    # The spike comes again corrected, in a batch that repeats it (a redelivery, SQLite's
+    # upsert path): the bucket's max drops back, its mean follows.
+    fixed = [Temperature(ts=spike, room="kitchen", value=95.0, unit="°C"), Temperature(ts=spike, room="kitchen", value=21.0, unit="°C")]
+    store.write(TEMP, fixed, RECEIVED + 1)
+    row = eventually(envelope_at(spike), lambda r: r["value_max"] == 21.0, "the corrected max")
+    assert row["value_min"] == 20.0
+    # A reading that lowers another bucket's min through the upsert path, beside stored ones.
+    store.write(TEMP, temps("kitchen", BASE + 100 * every, 3, step=every, value=lambda i: 20.0 - 30 * (i == 1)) * 2, RECEIVED + 2)
+    eventually(envelope_at(BASE + 101 * every), lambda r: r["value_min"] == -10.0, "the upserted min")
+    # New readings into stored buckets (a plain insert, half a reading after stored ones):
+    # each bucket's max is the larger of the stored one and the batch's own.
+    late = BASE + 10 * every + every // 2
+    store.write(TEMP, temps("kitchen", late, 3, step=every, value=lambda i: 60.0 + i), RECEIVED + 3)
+    row = eventually(envelope_at(late), lambda r: r["value_max"] == 62.0, "the late max")
+    assert row["value_min"] == 20.0
+    wait_count(store, TEMP, 123)
+    raw = store.since(TEMP, start, end)
+    down = store.range(TEMP, start, end, max_points)
+    assert down["value_max"].max() == raw["value"].max() == 62.0
+    assert down["value_min"].min() == raw["value"].min() == -10.0
+    assert down["value"].tolist() == pytest.approx([
+        raw[(raw["ts"] >= t) & (raw["ts"] < u)]["value"].mean()
+        for t, u in zip(down["ts"], [*down["ts"][1:], pd.Timestamp(end, unit="ms", tz="UTC")], strict=True)
+    ])
+
+
+def test_an_empty_bucket_has_no_row(store):
+    # Readings for 100 s, nothing for 300 s, readings for 100 s: no bucket inside the hole.
+    store.write(TEMP, temps("kitchen", BASE, 100) + temps("kitchen", BASE + 400 * SEC, 100), RECEIVED)
+    wait_count(store, TEMP, 200)
+    for max_points in (20, 150):  # buckets of 26.3 s (SQLite: 30 s, from the rollup) and 3.36 s
+        down = store.range(TEMP, BASE, BASE + 500 * SEC, max_points)
+        starts = ms(down["ts"])
+        assert starts and not [t for t in starts if BASE + 100 * SEC <= t < BASE + 370 * SEC], starts
+        assert not down[list(envelope_columns(TEMP)[2:])].isna().any().any()
+
+
+def test_sqlite_rollup_of_an_earlier_version_gains_min_and_max_once(tmp_path, caplog):
+    """A database whose rollup has sums only (earlier versions) is rebuilt from its raw table."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    readings = temps("kitchen", BASE, 300, value=lambda i: 95.0 if i == 150 else 20.0 + i % 3)
+    with sqlite3.connect(path) as old:
+        old.executescript(f"""
+            CREATE TABLE temperature (ts INTEGER NOT NULL, room TEXT NOT NULL, value REAL NOT NULL, unit TEXT NOT NULL,
+                received_at INTEGER NOT NULL, PRIMARY KEY (ts, room)) WITHOUT ROWID;
+            CREATE TABLE temperature_rollup (bucket INTEGER NOT NULL, room TEXT NOT NULL, n INTEGER NOT NULL,
+                value REAL NOT NULL, PRIMARY KEY (bucket, room)) WITHOUT ROWID;
+            INSERT INTO temperature VALUES {', '.join(f"({r.ts}, 'kitchen', {r.value}, '°C', {RECEIVED})" for r in readings)};
+            INSERT INTO temperature_rollup SELECT ts / 10000 * 10000, room, count(*), sum(value) FROM temperature GROUP BY 1, 2;
+        """)
+    old.close()
+    with caplog.at_level("INFO", logger="store.sqlite"), open_store(f"sqlite:///{path}") as store:
+        store.ensure_tables()
+        store.ensure_tables()  # a second start finds it done
+        rebuilt = [r.getMessage() for r in caplog.records if "rebuilding the rollups of temperature" in r.getMessage()]
+        assert len(rebuilt) == 1, caplog.text
+        with open_store(f"sqlite:///{tmp_path / 'new.db'}") as new:  # the rollups as this version writes them
+            new.ensure_tables()
+            new.write(TEMP, readings, RECEIVED)
+            for max_points in (10, 2):  # 40 s buckets (the 10-second rollup) and 300 s (the minute one)
+                down = store.range(TEMP, BASE, BASE + 300 * SEC, max_points)
+                assert down["value_max"].max() == 95.0 and down["value_min"].min() == 20.0
+                pd.testing.assert_frame_equal(down, new.range(TEMP, BASE, BASE + 300 * SEC, max_points))
+        store.write(TEMP, temps("kitchen", BASE + 300 * SEC, 10, value=lambda i: 99.0), RECEIVED)  # and it is written as usual
+        assert store.range(TEMP, BASE, BASE + 310 * SEC, 10)["value_max"].max() == 99.0
 
 
 # ---- time zones ------------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 Both backends return the same pandas shapes: a `ts` column of UTC-aware datetimes, the topic's
 key column (room or device), then its fields. Times given to the reads may be epoch
 milliseconds, aware datetimes in any zone, or naive datetimes, which are taken as UTC.
+
+A downsampled range (see `Store.range`) also carries each numeric field's envelope, `<field>_min`
+and `<field>_max` per bucket, computed in the database beside the mean: a lone spike survives in
+its bucket's max however long the range.
 """
 from __future__ import annotations
 
@@ -43,6 +47,11 @@ def bucket_ms(start_ms: int, end_ms: int, max_points: int) -> int:
     return max(1, math.ceil((end_ms - start_ms) / (max_points - 1)))
 
 
+def envelope_columns(spec: Topic) -> tuple[str, ...]:
+    """Columns of a downsampled range: ts, key, then each numeric field's mean, min and max."""
+    return ("ts", spec.key, *(f"{c}{end}" for c in spec.numeric for end in ("", "_min", "_max")))
+
+
 def empty_frame(spec: Topic, columns: Sequence[str]) -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
     for col in ("ts", "received_at"):
@@ -79,8 +88,12 @@ class Store(ABC):
     def range(self, spec: Topic, start: TimeLike, end: TimeLike, max_points: int) -> pd.DataFrame:
         """Rows with start <= ts < end, at most `max_points` per room/device.
 
-        When a series has more raw rows than that, the database averages its numeric fields over
-        equal time buckets (the row's ts is the bucket start). Columns: ts, key, numeric fields.
+        Raw rows when every series fits: columns ts, key, numeric fields (no envelope: a reading
+        is its own min and max). Otherwise the database cuts the range into equal time buckets
+        (the row's ts is the bucket start; a bucket without readings has no row) and returns, per
+        bucket and room/device, each numeric field's mean as `<field>` and its lowest and highest
+        reading as `<field>_min` and `<field>_max` (`envelope_columns`). An empty range has the
+        raw columns.
         """
 
     @abstractmethod

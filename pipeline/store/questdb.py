@@ -28,7 +28,7 @@ from questdb import QuestDBError, Sender
 
 from pipeline.config import QUESTDB_OWN_KEYS, questdb_conf, questdb_pg_params, split_host_port
 from pipeline.schema import TOPICS, Batch, Reading, Topic, as_batch
-from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, to_ms
+from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, envelope_columns, to_ms
 
 log = logging.getLogger("store.questdb")
 
@@ -217,7 +217,7 @@ class QuestDBStore(Store):
             if col in ("ts", "received_at"):
                 # Naive UTC from PG wire -> the UTC-aware millisecond dtype SQLiteStore returns.
                 frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[ms, UTC]")
-            elif col in spec.numeric:
+            elif col in envelope_columns(spec)[2:]:  # the numeric fields, and their _min and _max when downsampled
                 frame[col] = pd.to_numeric(frame[col]).astype("float64")  # NaN arrives as None
         frame = frame[list(columns)]
         # Same order as SQLiteStore whatever the server did (SAMPLE BY output is not ordered).
@@ -397,14 +397,15 @@ class QuestDBStore(Store):
                 f"ORDER BY ts, {k}"
             )
             return self._frame(spec, sql, params, columns, order=["ts", k])
-        # Keyed SAMPLE BY: one row per (bucket, key) with data; ts is the bucket start. Buckets are
-        # calendar-aligned (the default since 7.4), and bucket_ms() allows any alignment.
-        means = ", ".join(f"avg({c}) AS {c}" for c in spec.numeric)
+        # Keyed SAMPLE BY: one row per (bucket, key) with data (no FILL: an empty bucket has no
+        # row); ts is the bucket start. Buckets are calendar-aligned (the default since 7.4), and
+        # bucket_ms() allows any alignment.
+        envelope = ", ".join(f"avg({c}) AS {c}, min({c}) AS {c}_min, max({c}) AS {c}_max" for c in spec.numeric)
         sql = (
-            f"SELECT ts, {k}, {means} FROM {spec.name} WHERE ts >= %s AND ts < %s "
+            f"SELECT ts, {k}, {envelope} FROM {spec.name} WHERE ts >= %s AND ts < %s "
             f"SAMPLE BY {_sample_unit(step)}"
         )
-        return self._frame(spec, sql, params, columns, order=["ts", k])
+        return self._frame(spec, sql, params, envelope_columns(spec), order=["ts", k])
 
     def count(self, spec: Topic) -> int:
         _, rows = self._query(f"SELECT count(*) FROM {spec.name}")

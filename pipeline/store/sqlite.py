@@ -1,23 +1,33 @@
 """SQLite backend: the embedded default, one file shared safely by several processes (WAL).
 
-Each topic has a raw table keyed on (ts, key) like QuestDB's DEDUP UPSERT KEYS, and a rollup
-of 10-second sums kept exact on every write, upserts included. A 7-day chart reads the rollup
-instead of scanning millions of raw rows: that is what keeps long ranges fast.
+Each topic has a raw table keyed on (ts, key) like QuestDB's DEDUP UPSERT KEYS, and two
+rollups of it, 10-second and 1-minute buckets (count, sum, min and max of each numeric field),
+kept exact on every write, upserts included. A 24-hour chart reads the 10-second rollup and a
+7-day one the minute rollup instead of scanning millions of raw rows: that is what keeps long
+ranges fast, and the min and max keep a lone spike visible in them.
 
 A write is one transaction over the batch's columns. Usually every (ts, key) is new: the rows go
 in with one `executemany` of a plain INSERT, and the rollup gets the batch's own sums per
 (10 s bucket, key), added up with numpy (a few hundred upserts instead of a trigger per row,
-which cost half of the insert). If any (ts, key) was already stored or comes twice in the batch
-(a redelivery), that attempt is rolled back to a savepoint and the batch goes through a
-temporary table instead: the last reading of a (ts, key) wins, and the rollup is adjusted by
-the difference to the rows it replaces, in SQL.
+which cost half of the insert), and its own min and max merged with the stored ones. If any
+(ts, key) was already stored or comes twice in the batch (a redelivery), that attempt is rolled
+back to a savepoint and the batch goes through a temporary table instead: the last reading of a
+(ts, key) wins, the sums are adjusted by the difference to the rows it replaces, in SQL, and the
+touched buckets' min and max are read again from the raw table (a replaced reading may have been
+the extreme, which no difference can undo). Either way, the minutes the batch touched are then
+summed again from their 10-second buckets (six rows each).
+
+A database written by a version whose rollup had no min and max, or no minute rollup, gets both
+rollups rebuilt from the raw table once, by the first `ensure_tables()` that finds it so (logged).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from itertools import repeat
 
@@ -25,9 +35,47 @@ import numpy as np
 import pandas as pd
 
 from pipeline.schema import TOPICS, Batch, Reading, Topic, as_batch
-from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, to_ms
+from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, envelope_columns, to_ms
+
+log = logging.getLogger("store.sqlite")
 
 ROLLUP_MS = 10_000
+MINUTE_MS = 60_000
+# Rollup tables by bucket width, widest first (what range() reads from, when it can).
+ROLLUPS = ((MINUTE_MS, "_rollup_1m"), (ROLLUP_MS, "_rollup"))
+
+
+def _extremes(spec: Topic) -> list[tuple[str, str, str]]:
+    """The rollup's min and max columns in table order, as (column, SQL function, field):
+    ("value_min", "min", "value"), ("value_max", "max", "value"), then the next field's."""
+    return [(f"{c}_{fn}", fn, c) for c in spec.numeric for fn in ("min", "max")]
+
+
+def _merged(spec: Topic) -> str:
+    """Rollup rows merged into one, in table order: sum(n), sum(value), min(value_min), max(value_max)."""
+    return ", ".join(["sum(n)", *(f"sum({c})" for c in spec.numeric), *(f"{fn}({col})" for col, fn, _ in _extremes(spec))])
+
+
+def _create_rollups(spec: Topic) -> str:
+    sums = ", ".join(f"{c} REAL NOT NULL" for c in (*spec.numeric, *(col for col, _, _ in _extremes(spec))))
+    return ";".join(
+        f"CREATE TABLE IF NOT EXISTS {spec.name}{suffix} (bucket INTEGER NOT NULL, {spec.key} TEXT NOT NULL, "
+        f"n INTEGER NOT NULL, {sums}, PRIMARY KEY (bucket, {spec.key})) WITHOUT ROWID"
+        for _, suffix in ROLLUPS
+    )
+
+
+def _cover(start: int, end: int, widths: Sequence[int]) -> list[tuple[int, int, int]]:
+    """[start, end) as pieces to read, (width, lo, hi): the rollup of `width` holds whole buckets
+    over [lo, hi), the widest that fit first; what is left at the two edges goes to the next
+    narrower rollup and, below the narrowest, to raw rows (width 0). Nothing outside the window."""
+    if not widths:
+        return [(0, start, end)] if start < end else []
+    width, narrower = widths[0], widths[1:]
+    lo, hi = -(-start // width) * width, end // width * width
+    if lo >= hi:
+        return _cover(start, end, narrower)
+    return [(width, lo, hi), *_cover(start, lo, narrower), *_cover(hi, end, narrower)]
 
 
 def _schema(spec: Topic) -> str:
@@ -35,14 +83,11 @@ def _schema(spec: Topic) -> str:
     cols = ", ".join(
         [f"{c} REAL NOT NULL" for c in spec.numeric] + [f"{c} TEXT NOT NULL" for c in spec.text]
     )
-    sums = ", ".join(f"{c} REAL NOT NULL" for c in spec.numeric)
     return f"""
     CREATE TABLE IF NOT EXISTS {t} (
         ts INTEGER NOT NULL, {k} TEXT NOT NULL, {cols}, received_at INTEGER NOT NULL,
         PRIMARY KEY (ts, {k})) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS {t}_rollup (
-        bucket INTEGER NOT NULL, {k} TEXT NOT NULL, n INTEGER NOT NULL, {sums},
-        PRIMARY KEY (bucket, {k})) WITHOUT ROWID;
+    {_create_rollups(spec)};
     DROP TRIGGER IF EXISTS {t}_rollup_insert;  -- earlier versions kept the rollup by trigger
     DROP TRIGGER IF EXISTS {t}_rollup_update;
     """
@@ -57,9 +102,24 @@ class _Statements:
         marks = ", ".join("?" * len(fields))
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
         self.insert_new = f"INSERT INTO {t} ({', '.join(cols)}) VALUES ({marks}, ?) ON CONFLICT (ts, {k}) DO NOTHING"
+        extremes = _extremes(spec)
+        add_sums = ", ".join(f"{c} = {c} + excluded.{c}" for c in spec.numeric)
+        merge_extremes = ", ".join(f"{col} = {fn}({col}, excluded.{col})" for col, fn, _ in extremes)
         self.rollup_add = (
-            f"INSERT INTO {t}_rollup VALUES (?, ?, ?, {', '.join('?' * len(spec.numeric))}) ON CONFLICT (bucket, {k}) "
-            f"DO UPDATE SET n = n + excluded.n, {', '.join(f'{c} = {c} + excluded.{c}' for c in spec.numeric)}"
+            f"INSERT INTO {t}_rollup VALUES (?, ?, ?, {', '.join('?' * (len(spec.numeric) + len(extremes)))}) "
+            f"ON CONFLICT (bucket, {k}) DO UPDATE SET n = n + excluded.n, {add_sums}, {merge_extremes}"
+        )
+        per_bucket = ", ".join([f"sum({c})" for c in spec.numeric] + [f"{fn}({c})" for _, fn, c in extremes])
+        self.rollup_rebuild = (
+            f"INSERT INTO {t}_rollup SELECT ts / {ROLLUP_MS} * {ROLLUP_MS}, {k}, count(*), {per_bucket} FROM {t} GROUP BY 1, 2"
+        )
+        self.minutes_rebuild = (
+            f"INSERT INTO {t}_rollup_1m SELECT bucket / {MINUTE_MS} * {MINUTE_MS}, {k}, {_merged(spec)} FROM {t}_rollup GROUP BY 1, 2"
+        )
+        # One minute of one key, from its 10-second buckets: (minute, minute, minute + 1 min, key).
+        self.minute_refresh = (
+            f"INSERT OR REPLACE INTO {t}_rollup_1m SELECT ?, {k}, {_merged(spec)} FROM {t}_rollup "
+            f"WHERE bucket >= ? AND bucket < ? AND {k} = ? GROUP BY {k}"
         )
         self.latest = (
             "INSERT INTO latest VALUES (?, ?, ?) ON CONFLICT (topic, key) "
@@ -74,22 +134,34 @@ class _Statements:
         )
         self.fill_incoming = f"INSERT OR REPLACE INTO {self.incoming} VALUES ({marks})"
         deltas = ", ".join(f"sum(i.{c} - coalesce(r.{c}, 0))" for c in spec.numeric)
+        # A bucket new to the rollup takes the incoming rows' min and max, which are all it holds;
+        # a stored bucket keeps its own until rollup_extremes reads them again after the upsert.
+        incoming_extremes = ", ".join(f"{fn}(i.{c})" for _, fn, c in extremes)
         self.rollup_adjust = (
-            f"INSERT INTO {t}_rollup SELECT i.ts / {ROLLUP_MS} * {ROLLUP_MS}, i.{k}, sum(r.ts IS NULL), {deltas} "
+            f"INSERT INTO {t}_rollup SELECT i.ts / {ROLLUP_MS} * {ROLLUP_MS}, i.{k}, sum(r.ts IS NULL), {deltas}, {incoming_extremes} "
             f"FROM {self.incoming} i LEFT JOIN {t} r ON r.ts = i.ts AND r.{k} = i.{k} WHERE true GROUP BY 1, 2 "
-            f"ON CONFLICT (bucket, {k}) DO UPDATE SET n = n + excluded.n, {', '.join(f'{c} = {c} + excluded.{c}' for c in spec.numeric)}"
+            f"ON CONFLICT (bucket, {k}) DO UPDATE SET n = n + excluded.n, {add_sums}"
         )
         self.upsert = (
             f"INSERT INTO {t} ({', '.join(cols)}) SELECT {', '.join(fields)}, ? FROM {self.incoming} WHERE true "
             f"ON CONFLICT (ts, {k}) DO UPDATE SET {updates}"
+        )
+        # After the upsert: the min and max of every (bucket, key) the batch touched, from its raw rows.
+        raw_extremes = ", ".join(f"{fn}(r.{c}) AS {col}" for col, fn, c in extremes)
+        self.rollup_extremes = (
+            f"UPDATE {t}_rollup AS u SET {', '.join(f'{col} = m.{col}' for col, _, _ in extremes)} FROM ("
+            f"SELECT b.bucket, b.{k}, {raw_extremes} FROM (SELECT DISTINCT ts / {ROLLUP_MS} * {ROLLUP_MS} AS bucket, {k} "
+            f"FROM {self.incoming}) b CROSS JOIN {t} r ON r.ts >= b.bucket AND r.ts < b.bucket + {ROLLUP_MS} AND r.{k} = b.{k} "
+            f"GROUP BY 1, 2) m WHERE u.bucket = m.bucket AND u.{k} = m.{k}"
         )
 
 
 _STATEMENTS = {name: _Statements(spec) for name, spec in TOPICS.items()}
 
 
-def _sums(spec: Topic, batch: Batch) -> tuple[list[tuple], list[tuple]]:
-    """The batch's rollup rows (bucket, key, n, sums...) and newest ts per key, with numpy."""
+def _sums(spec: Topic, batch: Batch) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """The batch's rollup rows (bucket, key, n, sums..., min and max of each field...), the minutes
+    it touches (minute_refresh's parameters) and newest ts per key, with numpy."""
     cols = batch.columns
     ts = cols["ts"]
     names = list(dict.fromkeys(cols[spec.key]))
@@ -98,13 +170,20 @@ def _sums(spec: Topic, batch: Batch) -> tuple[list[tuple], list[tuple]]:
     groups, where = np.unique((ts // ROLLUP_MS) * len(names) + codes, return_inverse=True)
     counts = np.bincount(where)
     sums = [np.bincount(where, weights=cols[c]).tolist() for c in spec.numeric]
+    # Rows sorted by group, so each group's min and max is one reduceat over its run.
+    order = np.argsort(where, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    extremes = []
+    for c in spec.numeric:
+        values = cols[c][order]
+        extremes += [np.minimum.reduceat(values, starts).tolist(), np.maximum.reduceat(values, starts).tolist()]
     keys = [names[i] for i in (groups % len(names)).tolist()]
-    rollup = list(zip((groups // len(names) * ROLLUP_MS).tolist(), keys, counts.tolist(), *sums, strict=True))
+    rollup = list(zip((groups // len(names) * ROLLUP_MS).tolist(), keys, counts.tolist(), *sums, *extremes, strict=True))
+    minutes = [(m, m, m + MINUTE_MS, key) for m, key in dict.fromkeys((b // MINUTE_MS * MINUTE_MS, key) for b, key, *_ in rollup)]
     newest = np.full(len(names), np.iinfo(np.int64).min)
     np.maximum.at(newest, codes, ts)
     latest = list(zip([spec.name] * len(names), names, newest.tolist(), strict=True))
-    return rollup, latest
-
+    return rollup, minutes, latest
 
 
 class SQLiteStore(Store):
@@ -147,6 +226,42 @@ class SQLiteStore(Store):
         script = "\n".join(_schema(spec) for spec in TOPICS.values())
         script += "CREATE TABLE IF NOT EXISTS latest (topic TEXT NOT NULL, key TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (topic, key)) WITHOUT ROWID;"
         self._run(lambda c: c.executescript(script))
+        for spec in TOPICS.values():
+            self._run(lambda c, spec=spec: self._upgrade_rollups(c, spec))
+
+    def _upgrade_rollups(self, c: sqlite3.Connection, spec: Topic) -> None:
+        """Rebuild the rollups of a database from an earlier version, from the raw table, once.
+
+        Earlier versions kept a 10-second rollup of sums only (no min and max columns) and no
+        minute rollup, which ensure_tables() has just created empty; every write fills both, so
+        an empty minute rollup beside a filled 10-second one means the same."""
+        t = spec.name
+
+        def outdated() -> bool:
+            columns = {row[1] for row in c.execute(f"PRAGMA table_info({t}_rollup)")}
+            return _extremes(spec)[0][0] not in columns or c.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {t}_rollup) AND NOT EXISTS (SELECT 1 FROM {t}_rollup_1m)").fetchone()[0]
+
+        if not outdated():
+            return
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if outdated():  # another process may have rebuilt them while this one waited for the lock
+                started = time.monotonic()
+                log.info("SQLite %s: rebuilding the rollups of %s from the raw table (an earlier version's: no min and max "
+                         "per bucket, no minute rollup); once, writers wait meanwhile", self.path, t)
+                c.execute(f"DROP TABLE {t}_rollup")
+                c.execute(f"DROP TABLE {t}_rollup_1m")
+                for create in _create_rollups(spec).split(";"):
+                    c.execute(create)
+                c.execute(_STATEMENTS[t].rollup_rebuild)
+                c.execute(_STATEMENTS[t].minutes_rebuild)
+                log.info("SQLite %s: rollups of %s rebuilt in %.1f s", self.path, t, time.monotonic() - started)
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
 
     def write(self, spec: Topic, readings: Batch | Sequence[Reading], received_at_ms: int) -> None:
         batch = as_batch(spec, readings)
@@ -157,7 +272,7 @@ class SQLiteStore(Store):
         cols = batch.columns
         # Column lists, zipped into rows by executemany's own iteration: no row list is built.
         columns = [cols["ts"].tolist(), cols[spec.key], *(cols[c].tolist() for c in spec.numeric), *(cols[c] for c in spec.text)]
-        rollup, latest = _sums(spec, batch)
+        rollup, minutes, latest = _sums(spec, batch)
 
         def tx(c: sqlite3.Connection) -> None:
             self._prepare_writes(c)
@@ -175,8 +290,10 @@ class SQLiteStore(Store):
                     c.executemany(sql.fill_incoming, zip(*columns, strict=True))
                     c.execute(sql.rollup_adjust)
                     c.execute(sql.upsert, (received_at_ms,))
+                    c.execute(sql.rollup_extremes)
                     c.execute(f"DELETE FROM {sql.incoming}")
                 c.execute("RELEASE batch")
+                c.executemany(sql.minute_refresh, minutes)
                 c.executemany(sql.latest, latest)
                 c.execute("COMMIT")
             except BaseException:
@@ -222,42 +339,55 @@ class SQLiteStore(Store):
         columns = spec.series_columns
         step = bucket_ms(start_ms, end_ms, max_points)
         t, k, fields = spec.name, spec.key, ", ".join(spec.numeric)
-        # Whole rollup buckets inside [start, end) come from the rollup; the partial buckets at
-        # the two edges come from raw rows, so no row outside the window is counted or averaged.
-        lo = -(-start_ms // ROLLUP_MS) * ROLLUP_MS  # first bucket starting at or after start
-        hi = end_ms // ROLLUP_MS * ROLLUP_MS  # buckets before hi end at or before end
-        head_end, tail_start = (lo, hi) if lo <= hi else (end_ms, end_ms)  # window inside one bucket
-        pieces = (
-            f"SELECT bucket AS b, {k}, n, {fields} FROM {t}_rollup WHERE bucket >= ? AND bucket < ? "
-            f"UNION ALL SELECT ts, {k}, 1, {fields} FROM {t} WHERE ts >= ? AND ts < ? "
-            f"UNION ALL SELECT ts, {k}, 1, {fields} FROM {t} WHERE ts >= ? AND ts < ?"
-        )
-        piece_params = [lo, hi, start_ms, head_end, tail_start, end_ms]
+        extremes = _extremes(spec)
+        tables = dict(ROLLUPS)
+
+        def rows(widths: Sequence[int], rollup_cols: str, raw_cols: str) -> tuple[str, list[int]]:
+            """Every row of [start, end) once: whole rollup buckets inside the window from the
+            widest rollup `widths` allows, the partial buckets at its edges from narrower ones
+            and raw rows, so no row outside the window is counted or averaged."""
+            pieces = _cover(start_ms, end_ms, widths)
+            sql = " UNION ALL ".join(
+                f"SELECT bucket AS b, {k}, n{rollup_cols} FROM {t}{tables[width]} WHERE bucket >= ? AND bucket < ?" if width
+                else f"SELECT ts, {k}, 1{raw_cols} FROM {t} WHERE ts >= ? AND ts < ?"
+                for width, _, _ in pieces
+            )
+            return sql, [edge for _, lo, hi in pieces for edge in (lo, hi)]
+
+        if end_ms <= start_ms:
+            return empty_frame(spec, columns)
         raw_sql = f"SELECT ts, {k}, {fields} FROM {t} WHERE ts >= ? AND ts < ? ORDER BY ts, {k}"
         if step >= ROLLUP_MS:
             # Long ranges: aggregate first and count in the same scan; only a series short enough
-            # to draw raw (rare over a long range) costs a second query.
-            step = math.ceil(step / ROLLUP_MS) * ROLLUP_MS  # an edge row falls in its rollup bucket's step
-            means = ", ".join(f"sum({c}) / sum(n) AS {c}" for c in spec.numeric)
-            sql = f"SELECT b / {step} * {step} AS ts, {k}, {means}, sum(n) AS n FROM ({pieces}) GROUP BY 1, {k} ORDER BY 1, {k}"
-            frame = self._frame(spec, sql, piece_params, (*columns, "n"))
+            # to draw raw (rare over a long range) costs a second query. The step is rounded up to
+            # whole buckets of the rollup it reads (an edge row then falls in its bucket's step):
+            # whole minutes once that costs less than a fifth of the points (a week's chart then
+            # aggregates one row where the 10-second rollup has six), else whole 10 seconds.
+            width = MINUTE_MS if step >= 5 * MINUTE_MS else ROLLUP_MS
+            step = math.ceil(step / width) * width
+            # An edge row is its own min and max.
+            union, params = rows([w for w, _ in ROLLUPS if w <= width], f", {fields}, {', '.join(col for col, _, _ in extremes)}",
+                                 f", {fields}, {', '.join(c for _, _, c in extremes)}")
+            envelope = {c: f"sum({c}) / sum(n) AS {c}" for c in spec.numeric} | {col: f"{fn}({col}) AS {col}" for col, fn, _ in extremes}
+            aggregates = ", ".join(envelope[c] for c in envelope_columns(spec)[2:])
+            sql = f"SELECT b / {step} * {step} AS ts, {k}, {aggregates}, sum(n) AS n FROM ({union}) GROUP BY 1, {k} ORDER BY 1, {k}"
+            frame = self._frame(spec, sql, params, (*columns, "n"))
             if frame.empty:
                 return empty_frame(spec, columns)
             if frame.groupby(k)["n"].sum().max() <= max_points:
                 return self._frame(spec, raw_sql, [start_ms, end_ms], columns)
             return frame.drop(columns="n")
+        union, params = rows([w for w, _ in ROLLUPS], "", "")
         counts = self._run(
-            lambda c: c.execute(
-                f"SELECT max(total) FROM (SELECT sum(n) AS total FROM ({pieces}) GROUP BY {k})", piece_params
-            ).fetchone()[0]
+            lambda c: c.execute(f"SELECT max(total) FROM (SELECT sum(n) AS total FROM ({union}) GROUP BY {k})", params).fetchone()[0]
         )
         if not counts:
             return empty_frame(spec, columns)
         if counts <= max_points:
             return self._frame(spec, raw_sql, [start_ms, end_ms], columns)
-        means = ", ".join(f"avg({c}) AS {c}" for c in spec.numeric)
+        envelope = {c: f"avg({c}) AS {c}" for c in spec.numeric} | {col: f"{fn}({c}) AS {col}" for col, fn, c in extremes}
         sql = (
-            f"SELECT ts / {step} * {step} AS ts, {k}, {means} FROM {t} "
+            f"SELECT ts / {step} * {step} AS ts, {k}, {', '.join(envelope[c] for c in envelope_columns(spec)[2:])} FROM {t} "
             f"WHERE ts >= ? AND ts < ? GROUP BY 1, {k} ORDER BY 1, {k}"
         )
         return self._frame(spec, sql, [start_ms, end_ms], columns)
