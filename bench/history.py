@@ -6,7 +6,7 @@
 
 Method: a store per size holds temperature readings of 10 rooms spread evenly over the 7 days
 before a fixed end time (the fill time), written with the store's own write() in 100k-row
-batches, so the SQLite rollup (sums, min and max per 10 s) is kept exactly as in production
+batches, so the SQLite rollups (10-second and minute) are kept exactly as in production
 (Kafka is bypassed). "Request to figure" is what the dashboard's history callback does per chart:
 `dash_app.history.topic_range(store, spec, end - range, end, max_points=2000)` (a downsampled
 range comes with each bucket's min and max), then `dash_app.figures.line_figure` with the

@@ -7,15 +7,15 @@ kept exact on every write, upserts included. A 24-hour chart reads the 10-second
 ranges fast, and the min and max keep a lone spike visible in them.
 
 A write is one transaction over the batch's columns. Usually every (ts, key) is new: the rows go
-in with one `executemany` of a plain INSERT, and the rollup gets the batch's own sums per
-(10 s bucket, key), added up with numpy (a few hundred upserts instead of a trigger per row,
-which cost half of the insert), and its own min and max merged with the stored ones. If any
-(ts, key) was already stored or comes twice in the batch (a redelivery), that attempt is rolled
-back to a savepoint and the batch goes through a temporary table instead: the last reading of a
-(ts, key) wins, the sums are adjusted by the difference to the rows it replaces, in SQL, and the
+in with one `executemany` of a plain INSERT, and each rollup gets the batch's own sums per
+(bucket, key), added up with numpy (a few hundred upserts instead of a trigger per row, which
+cost half of the insert), and its own min and max merged with the stored ones. If any (ts, key)
+was already stored or comes twice in the batch (a redelivery), that attempt is rolled back to a
+savepoint and the batch goes through a temporary table instead: the last reading of a (ts, key)
+wins, the 10-second sums are adjusted by the difference to the rows it replaces, in SQL, the
 touched buckets' min and max are read again from the raw table (a replaced reading may have been
-the extreme, which no difference can undo). Either way, the minutes the batch touched are then
-summed again from their 10-second buckets (six rows each).
+the extreme, which no difference can undo), and the touched minutes are summed again from their
+10-second buckets (six rows each).
 
 A database written by a version whose rollup had no min and max, or no minute rollup, gets both
 rollups rebuilt from the raw table once, by the first `ensure_tables()` that finds it so (logged).
@@ -105,9 +105,10 @@ class _Statements:
         extremes = _extremes(spec)
         add_sums = ", ".join(f"{c} = {c} + excluded.{c}" for c in spec.numeric)
         merge_extremes = ", ".join(f"{col} = {fn}({col}, excluded.{col})" for col, fn, _ in extremes)
-        self.rollup_add = (
-            f"INSERT INTO {t}_rollup VALUES (?, ?, ?, {', '.join('?' * (len(spec.numeric) + len(extremes)))}) "
+        self.rollup_add, self.minutes_add = (
+            f"INSERT INTO {t}{suffix} VALUES (?, ?, ?, {', '.join('?' * (len(spec.numeric) + len(extremes)))}) "
             f"ON CONFLICT (bucket, {k}) DO UPDATE SET n = n + excluded.n, {add_sums}, {merge_extremes}"
+            for suffix in ("_rollup", "_rollup_1m")
         )
         per_bucket = ", ".join([f"sum({c})" for c in spec.numeric] + [f"{fn}({c})" for _, fn, c in extremes])
         self.rollup_rebuild = (
@@ -116,10 +117,12 @@ class _Statements:
         self.minutes_rebuild = (
             f"INSERT INTO {t}_rollup_1m SELECT bucket / {MINUTE_MS} * {MINUTE_MS}, {k}, {_merged(spec)} FROM {t}_rollup GROUP BY 1, 2"
         )
-        # One minute of one key, from its 10-second buckets: (minute, minute, minute + 1 min, key).
+        # One minute of one key, from its 10-second buckets: (minute, each bucket of it..., key).
+        # The buckets by value, not as a range: the rollup's key is (bucket, key), so a range
+        # would visit every key's buckets of that minute.
         self.minute_refresh = (
             f"INSERT OR REPLACE INTO {t}_rollup_1m SELECT ?, {k}, {_merged(spec)} FROM {t}_rollup "
-            f"WHERE bucket >= ? AND bucket < ? AND {k} = ? GROUP BY {k}"
+            f"WHERE bucket IN ({', '.join('?' * (MINUTE_MS // ROLLUP_MS))}) AND {k} = ? GROUP BY {k}"
         )
         self.latest = (
             "INSERT INTO latest VALUES (?, ?, ?) ON CONFLICT (topic, key) "
@@ -146,44 +149,66 @@ class _Statements:
             f"INSERT INTO {t} ({', '.join(cols)}) SELECT {', '.join(fields)}, ? FROM {self.incoming} WHERE true "
             f"ON CONFLICT (ts, {k}) DO UPDATE SET {updates}"
         )
-        # After the upsert: the min and max of every (bucket, key) the batch touched, from its raw rows.
+        # After the upsert: the min and max of the buckets the batch touched, from their raw rows.
+        # The raw table's key is (ts, key): each bucket is read once for all its keys, and only
+        # the rollup rows whose min or max changed are written.
         raw_extremes = ", ".join(f"{fn}(r.{c}) AS {col}" for col, fn, c in extremes)
         self.rollup_extremes = (
             f"UPDATE {t}_rollup AS u SET {', '.join(f'{col} = m.{col}' for col, _, _ in extremes)} FROM ("
-            f"SELECT b.bucket, b.{k}, {raw_extremes} FROM (SELECT DISTINCT ts / {ROLLUP_MS} * {ROLLUP_MS} AS bucket, {k} "
-            f"FROM {self.incoming}) b CROSS JOIN {t} r ON r.ts >= b.bucket AND r.ts < b.bucket + {ROLLUP_MS} AND r.{k} = b.{k} "
-            f"GROUP BY 1, 2) m WHERE u.bucket = m.bucket AND u.{k} = m.{k}"
+            f"SELECT r.ts / {ROLLUP_MS} * {ROLLUP_MS} AS bucket, r.{k}, {raw_extremes} "
+            f"FROM (SELECT DISTINCT ts / {ROLLUP_MS} * {ROLLUP_MS} AS bucket FROM {self.incoming}) b "
+            f"CROSS JOIN {t} r ON r.ts >= b.bucket AND r.ts < b.bucket + {ROLLUP_MS} GROUP BY 1, 2) m "
+            f"WHERE u.bucket = m.bucket AND u.{k} = m.{k} AND ({' OR '.join(f'u.{col} != m.{col}' for col, _, _ in extremes)})"
         )
 
 
 _STATEMENTS = {name: _Statements(spec) for name, spec in TOPICS.items()}
 
 
-def _sums(spec: Topic, batch: Batch) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    """The batch's rollup rows (bucket, key, n, sums..., min and max of each field...), the minutes
-    it touches (minute_refresh's parameters) and newest ts per key, with numpy."""
+def _fold(width: int, keys: int, rows: tuple) -> tuple:
+    """Rollup rows of `width` buckets from finer rows, with numpy: per (bucket, key code) the
+    counts and sums added, the lows' min and the highs' max.
+
+    `rows` and the result: (bucket or ts, key codes, counts or None for raw rows, [sums per
+    field], [lows per field], [highs per field]); a raw reading is its own sum, low and high."""
+    ts, codes, counts, sums, lows, highs = rows
+    groups, where = np.unique(ts // width * keys + codes, return_inverse=True)
+    size = np.bincount(where)
+    # Rows sorted by group, so each group's min and max is one reduceat over its run.
+    order = np.argsort(where, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(size)[:-1]))
+    return (
+        groups // keys * width, groups % keys,
+        size if counts is None else np.bincount(where, weights=counts).astype(np.int64),
+        [np.bincount(where, weights=v) for v in sums],
+        [np.minimum.reduceat(v[order], starts) for v in lows], [np.maximum.reduceat(v[order], starts) for v in highs],
+    )
+
+
+def _rollup_rows(names: list[str], rows: tuple) -> list[tuple]:
+    """_fold's result as rollup table rows: (bucket, key, n, sums..., min and max of each field...)."""
+    bucket, codes, counts, sums, lows, highs = rows
+    extremes = [v.tolist() for pair in zip(lows, highs, strict=True) for v in pair]
+    keys = [names[i] for i in codes.tolist()]
+    return list(zip(bucket.tolist(), keys, counts.tolist(), *(v.tolist() for v in sums), *extremes, strict=True))
+
+
+def _sums(spec: Topic, batch: Batch) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
+    """The batch's own rollup rows, 10-second and minute (bucket, key, n, sums..., min and max of
+    each field...), the minutes it touches (minute_refresh's parameters) and newest ts per key."""
     cols = batch.columns
     ts = cols["ts"]
     names = list(dict.fromkeys(cols[spec.key]))
     index = {name: i for i, name in enumerate(names)}
     codes = np.fromiter(map(index.__getitem__, cols[spec.key]), np.int64, len(ts))
-    groups, where = np.unique((ts // ROLLUP_MS) * len(names) + codes, return_inverse=True)
-    counts = np.bincount(where)
-    sums = [np.bincount(where, weights=cols[c]).tolist() for c in spec.numeric]
-    # Rows sorted by group, so each group's min and max is one reduceat over its run.
-    order = np.argsort(where, kind="stable")
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    extremes = []
-    for c in spec.numeric:
-        values = cols[c][order]
-        extremes += [np.minimum.reduceat(values, starts).tolist(), np.maximum.reduceat(values, starts).tolist()]
-    keys = [names[i] for i in (groups % len(names)).tolist()]
-    rollup = list(zip((groups // len(names) * ROLLUP_MS).tolist(), keys, counts.tolist(), *sums, *extremes, strict=True))
-    minutes = [(m, m, m + MINUTE_MS, key) for m, key in dict.fromkeys((b // MINUTE_MS * MINUTE_MS, key) for b, key, *_ in rollup)]
+    values = [cols[c] for c in spec.numeric]
+    buckets = _fold(ROLLUP_MS, len(names), (ts, codes, None, values, values, values))
+    minutes = _fold(MINUTE_MS, len(names), buckets)
+    touched = [(m, *range(m, m + MINUTE_MS, ROLLUP_MS), names[code]) for m, code in zip(minutes[0].tolist(), minutes[1].tolist())]
     newest = np.full(len(names), np.iinfo(np.int64).min)
     np.maximum.at(newest, codes, ts)
     latest = list(zip([spec.name] * len(names), names, newest.tolist(), strict=True))
-    return rollup, minutes, latest
+    return _rollup_rows(names, buckets), _rollup_rows(names, minutes), touched, latest
 
 
 class SQLiteStore(Store):
@@ -272,7 +297,7 @@ class SQLiteStore(Store):
         cols = batch.columns
         # Column lists, zipped into rows by executemany's own iteration: no row list is built.
         columns = [cols["ts"].tolist(), cols[spec.key], *(cols[c].tolist() for c in spec.numeric), *(cols[c] for c in spec.text)]
-        rollup, minutes, latest = _sums(spec, batch)
+        rollup, minutes, touched, latest = _sums(spec, batch)
 
         def tx(c: sqlite3.Connection) -> None:
             self._prepare_writes(c)
@@ -284,7 +309,8 @@ class SQLiteStore(Store):
                 new = c.executemany(sql.insert_new, zip(*columns, repeat(received_at_ms, n), strict=True)).rowcount
                 if new == n:  # every (ts, key) new: add the batch's own sums
                     c.executemany(sql.rollup_add, rollup)
-                else:  # a redelivery: upsert through a temporary table, adjusting the rollup
+                    c.executemany(sql.minutes_add, minutes)
+                else:  # a redelivery: upsert through a temporary table, adjusting the rollups
                     c.execute("ROLLBACK TO batch")
                     c.execute(f"DELETE FROM {sql.incoming}")
                     c.executemany(sql.fill_incoming, zip(*columns, strict=True))
@@ -292,8 +318,8 @@ class SQLiteStore(Store):
                     c.execute(sql.upsert, (received_at_ms,))
                     c.execute(sql.rollup_extremes)
                     c.execute(f"DELETE FROM {sql.incoming}")
+                    c.executemany(sql.minute_refresh, touched)
                 c.execute("RELEASE batch")
-                c.executemany(sql.minute_refresh, minutes)
                 c.executemany(sql.latest, latest)
                 c.execute("COMMIT")
             except BaseException:
