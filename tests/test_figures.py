@@ -17,6 +17,7 @@ from dash_app.figures import (
     envelope_shape,
     gap_threshold_ms,
     line_figure,
+    outside,
     series_threshold_ms,
     with_gaps,
 )
@@ -183,6 +184,13 @@ def test_the_envelope_is_in_the_charts_unit():
     fig = line_figure(CHART["memory"], frame, span=(T0, T0 + 86_400_000), bucket_ms=60_000)
     assert envelope_of(fig, "d|memory_used").y.tolist() == [1.0, 1.0, 4.0, 4.0]
     assert envelope_of(fig, "d|memory_total").y.tolist() == [16.0] * 4
+
+
+def test_outside_over_an_array_agrees_with_band_outside():
+    values = np.array([-5.0, 17.9, 18.0, 22.0, 26.0, 26.1, 89.9, 90.0, 95.0])
+    for bands in ((Band(18, 26, "comfort"),), (Band(90, None, "hot", alert=True),), (Band(None, 0, "frost", alert=True), Band(None, 30, "x")),
+                  (Band(20, 25, "zone", alert=True),)):
+        assert outside(bands, values).tolist() == [any(b.outside(v) for b in bands) for v in values], bands
 
 
 def test_stale_after_several_intervals_but_never_sooner_than_the_floor():
