@@ -257,6 +257,18 @@ def test_range_raw_rows_inside_a_window_not_aligned_to_10s(store):
     raw = store.since(TEMP, start, end)[list(RANGE_COLUMNS(TEMP))]
     assert len(raw) == 50
     pd.testing.assert_frame_equal(got, raw)
+    # A window inside one 10-second bucket (SQLite: raw rows only, no rollup bucket to read).
+    pd.testing.assert_frame_equal(store.range(TEMP, BASE + 11_500, BASE + 15_000, 100), store.since(TEMP, BASE + 11_500, BASE + 15_000)[list(RANGE_COLUMNS(TEMP))])
+
+
+def test_range_downsamples_a_window_inside_one_10s_bucket(store):
+    store.write(TEMP, temps("kitchen", BASE, 200, step=50, value=lambda i: 20.0 + i % 4), RECEIVED)
+    wait_count(store, TEMP, 200)
+    down = store.range(TEMP, BASE + 500, BASE + 9_500, 10)  # 180 readings into buckets of 1 s
+    check_shape(down, TEMP, envelope_columns(TEMP))
+    assert 2 <= len(down) <= 10
+    assert down["value_min"].min() == 20.0 and down["value_max"].max() == 23.0
+    assert down["value"].between(20.0, 23.0).all()
 
 
 @pytest.mark.parametrize("max_points", [20, 100])  # buckets of 15.8 s and 3.03 s over 300 s

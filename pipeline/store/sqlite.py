@@ -375,7 +375,7 @@ class SQLiteStore(Store):
             pieces = _cover(start_ms, end_ms, widths)
             sql = " UNION ALL ".join(
                 f"SELECT bucket AS b, {k}, n{rollup_cols} FROM {t}{tables[width]} WHERE bucket >= ? AND bucket < ?" if width
-                else f"SELECT ts, {k}, 1{raw_cols} FROM {t} WHERE ts >= ? AND ts < ?"
+                else f"SELECT ts AS b, {k}, 1 AS n{raw_cols} FROM {t} WHERE ts >= ? AND ts < ?"
                 for width, _, _ in pieces
             )
             return sql, [edge for _, lo, hi in pieces for edge in (lo, hi)]
@@ -393,7 +393,7 @@ class SQLiteStore(Store):
             step = math.ceil(step / width) * width
             # An edge row is its own min and max.
             union, params = rows([w for w, _ in ROLLUPS if w <= width], f", {fields}, {', '.join(col for col, _, _ in extremes)}",
-                                 f", {fields}, {', '.join(c for _, _, c in extremes)}")
+                                 f", {fields}, {', '.join(f'{c} AS {col}' for col, _, c in extremes)}")
             envelope = {c: f"sum({c}) / sum(n) AS {c}" for c in spec.numeric} | {col: f"{fn}({col}) AS {col}" for col, fn, _ in extremes}
             aggregates = ", ".join(envelope[c] for c in envelope_columns(spec)[2:])
             sql = f"SELECT b / {step} * {step} AS ts, {k}, {aggregates}, sum(n) AS n FROM ({union}) GROUP BY 1, {k} ORDER BY 1, {k}"
