@@ -108,7 +108,7 @@ class Config(BaseSettings):
         "name gets 403: DNS rebinding cannot turn a foreign site into this one). `*`: any.")
     dash_port: int = _port(8050, "Port of the dashboard (page and live websocket); it must be free when the dashboard starts.")
     live_window_s: int = _count(300, "Width of the dashboard's live window, in seconds.")
-    live_max_points: int = _count(2000, "Most points per series a history range returns before the store averages it into buckets.")
+    live_max_points: int = _count(2000, "Most points per series a history range returns before the store cuts it into buckets (each bucket's mean, min and max).")
     live_buckets: int = _count(
         600, "Horizontal resolution of a live chart, about one bucket per pixel column: the live window is cut into this many "
         "time buckets, and a series faster than one reading per bucket is drawn as each bucket's lowest, highest and last reading.")
