@@ -25,7 +25,7 @@ CATCH_UP_S = 3.0  # longest a live page load waits for the writers to reach the 
 
 @dataclass
 class Snapshot:
-    frames: dict[str, pd.DataFrame]  # topic -> ts (epoch ms), key, numeric fields
+    frames: dict[str, pd.DataFrame]  # topic -> ts (epoch ms), key, numeric fields (and their _min, _max when downsampled)
     cursor: str
     ring_frames: dict[str, pd.DataFrame]  # every row in the ring, raw (for the cards)
     error: str | None = None
