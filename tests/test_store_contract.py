@@ -433,6 +433,32 @@ def test_an_empty_bucket_has_no_row(store):
         assert not down[list(envelope_columns(TEMP)[2:])].isna().any().any()
 
 
+def test_a_locked_sqlite_store_fails_its_health_check_in_seconds_and_recovers(tmp_path):
+    """The dashboard's store check (ping) reads through the file's locks: a store another
+    process holds locked is unreachable, said within seconds, and reachable once released."""
+    import sqlite3
+
+    from pipeline.store.sqlite import PING_TIMEOUT_S
+
+    url = "sqlite:///" + str(tmp_path / "locked.db")
+    with open_store(url) as store:
+        store.ensure_tables()
+        store.write(TOPICS["temperature"], temps("kitchen", BASE, 3), BASE)
+    locker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with open_store(url) as store:
+            start = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="locked"):
+                store.ping()
+            assert time.monotonic() - start < PING_TIMEOUT_S + 3
+            locker.close()  # the other process lets go
+            store.ping()
+    finally:
+        locker.close()
+
+
 def test_sqlite_rollup_of_an_earlier_version_gains_min_and_max_once(tmp_path, caplog):
     """A database whose rollup has sums only (earlier versions) is rebuilt from its raw table."""
     import sqlite3

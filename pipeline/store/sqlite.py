@@ -40,6 +40,7 @@ from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, em
 log = logging.getLogger("store.sqlite")
 
 ROLLUP_MS = 10_000
+PING_TIMEOUT_S = 2.0
 MINUTE_MS = 60_000
 # Rollup tables by bucket width, widest first (what range() reads from, when it can).
 ROLLUPS = ((MINUTE_MS, "_rollup_1m"), (ROLLUP_MS, "_rollup"))
@@ -423,13 +424,19 @@ class SQLiteStore(Store):
 
     def ping(self) -> None:
         # What a history read needs: the file, through its locks, and each table in it (SELECT 1
-        # touches neither, so a locked or unreadable store would pass).
-        def read(c) -> None:
-            tables = {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            for table in tables & set(TOPICS):
-                c.execute(f"SELECT ts FROM {table} ORDER BY ts DESC LIMIT 1").fetchone()
-
-        self._run(read)
+        # touches neither, so a locked or unreadable store would pass). On a connection of its
+        # own with a short busy timeout: a health check must say "locked" within seconds, not
+        # after the 30 s a writer's connection waits out.
+        try:
+            c = sqlite3.connect(self.path, timeout=PING_TIMEOUT_S)
+            try:
+                tables = {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                for table in tables & set(TOPICS):
+                    c.execute(f"SELECT ts FROM {table} ORDER BY ts DESC LIMIT 1").fetchone()
+            finally:
+                c.close()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite {self.path}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
