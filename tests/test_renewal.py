@@ -39,8 +39,8 @@ def stored_and_gaps(store_url: str, since_ms: int) -> tuple[int, float]:
     return total, worst
 
 
-def run_all(stack, *extra: str):
-    return stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", f"{RATE:g}", *extra, log_name="all")
+def run_all(stack, *extra: str, rate: float = RATE):
+    return stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", f"{rate:g}", *extra, log_name="all")
 
 
 def stop_and_check(stack, proc, started_ms: int) -> tuple[int, int, float]:
@@ -113,3 +113,29 @@ def test_ctrl_c_with_the_broker_stopped_delivers_the_queue_once_it_is_back(stack
         stop_process(proc, signal.SIGKILL)
     assert stored == sent
     assert gap <= 1000 / RATE + 1
+
+
+def test_producers_that_stall_catch_up_with_each_reading_at_its_own_time(stack):
+    """A producer paused mid-run (a stall, a busy machine) sends what it missed when it resumes,
+    each reading stamped with its own sampling time: none shares a millisecond with another
+    of its sensor (the store would keep one), so sent = stored and no series has a hole."""
+    started_ms = int(time.time() * 1000)
+    proc = run_all(stack, rate=50)  # 20 ms between readings
+    try:
+        with open_store(stack.store_url) as store:
+            store.ensure_tables()
+            wait_for(lambda: store.count(TOPICS["temperature"]) > 100, 30, "first rows")
+        producers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "producer" in " ".join(p.cmdline())]
+        assert len(producers) == len(TOPICS)
+        for _ in range(3):
+            for p in producers:
+                p.suspend()
+            time.sleep(0.5)  # the stall: shorter than the second after which sensors skip ticks
+            for p in producers:
+                p.resume()
+            time.sleep(1)
+        sent, stored, gap = stop_and_check(stack, proc, started_ms)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    assert sent > 0 and stored == sent
+    assert gap <= 20 + 1, f"a series has a {gap:.0f} ms hole"
