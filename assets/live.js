@@ -7,8 +7,9 @@
  * is drawn at once, and however fast readings come a chart holds a few points per pixel column.
  *
  * State lives in Dash props: the charts' `figure`, the `live-state` store (which history load
- * the stream continues, its cursor, how many tail points each trace holds), the `latest` store
- * (the cards), the socket's `url` (it also records when it was last opened).
+ * the stream continues, its cursor, the number of the frame it drew last, how many tail points
+ * each trace holds), the `latest` store (the cards), the socket's `url` (it also records when it
+ * was last opened).
  */
 (function () {
   "use strict";
@@ -125,7 +126,7 @@
         const storeBack = cursor.error && frame.status.store;
         return [
           drawn.figures.map((f) => f || noUpdate()),
-          { load: cursor.load, cursor: frame.to, tails: tails, ack: frame.n + " " + frame.to },
+          { load: cursor.load, cursor: frame.to, tails: tails, n: frame.n },
           merged || noUpdate(),
           healthChanged ? frame.status : noUpdate(),
           reloadOut(drawn.unknown || storeBack),
@@ -136,8 +137,8 @@
        * outputs are applied, before the next animation frame; a frame asked for any sooner would
        * wait behind that redraw and carry readings that are already old when it is drawn. */
       ack: function (liveState) {
-        if (!liveState || !liveState.ack) return noUpdate();
-        return new Promise((resolve) => requestAnimationFrame(() => resolve(liveState.ack)));
+        if (!liveState || liveState.n === undefined) return noUpdate();
+        return new Promise((resolve) => requestAnimationFrame(() => resolve(liveState.n + " " + liveState.cursor)));
       },
 
       /* Each card: value, age, stale (no reading for config.staleMs: "last seen …", class

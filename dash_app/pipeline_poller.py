@@ -178,10 +178,9 @@ class PipelinePoller(threading.Thread):
         reported = {(tp.topic, tp.partition): f.result().offset for tp, f in latest.items()}
         low = {(tp.topic, tp.partition): f.result().offset for tp, f in earliest.items()}
         self._read_tails(reported, low)
+        # self.ends holds only ends read from a partition: taking the reported one as read would
+        # skip a partition whose tail read READ_S cut short (a busy broker), for good.
         ends = {tp: max(hw, self.ends.get(tp, 0)) for tp, hw in reported.items()}
-        # A dead-letter partition's known end moves only with what was read from it: a read cut
-        # short by READ_S (a busy broker) must be tried again, or its dead letters never show.
-        self.ends.update({tp: end for tp, end in ends.items() if not tp[0].endswith(".dlq")})
 
         partitions = []
         for name, t in sorted(topics.items()):
