@@ -2,9 +2,10 @@
  *
  * The server (dash_app/live.py) sends a frame with everything after the page's cursor; the page
  * draws it and answers "<n> <cursor>"; only then does the next frame come. Each series arrives
- * bucketed to about one pixel column: closed buckets as their lowest, highest and last reading,
- * then a provisional `tail` for the open bucket that the next frame replaces. So a lone reading
- * is drawn at once, and however fast readings come a chart holds a few points per pixel column.
+ * bucketed to about one pixel column: a line point (the bucket's last reading) and, where the
+ * bucket spans values, a min–max segment of its envelope trace, closed buckets first, then a
+ * provisional `tail` for the open bucket that the next frame replaces. So a lone reading is
+ * drawn at once, and however fast readings come a chart holds a few points per pixel column.
  *
  * State lives in Dash props: the charts' `figure`, the `live-state` store (which history load
  * the stream continues, its cursor, the number of the frame it drew last, how many tail points
@@ -32,9 +33,10 @@
   /* A trace with its old tail replaced by `points`: [xs, ys, tail]. Points at or before the
    * trace's last kept x are already drawn (the history overlaps the first frame), so they are
    * skipped. Where a point comes `gapMs` or more after the one before, a null point goes
-   * first: the line breaks over the hole (the gap rule of dash_app/figures.py). Values are
-   * multiplied by the chart's `scale` (bytes to GiB). Returns the new trace and how many tail
-   * points (a tail point's null included) it now holds. */
+   * first: the line breaks over the hole (the gap rule of dash_app/figures.py); envelopes
+   * (gapMs 0) carry their own breaks. Values are multiplied by the chart's `scale` (bytes to
+   * GiB). Returns the new trace and how many tail points (a tail point's null included) it now
+   * holds. */
   function extendTrace(trace, oldTail, points, cutoff, gapMs, scale) {
     const [xs, ys, tail] = points;
     const keep = trace.x.length - oldTail;
@@ -54,7 +56,7 @@
         if (inTail) newTail += 1;
       }
       x.push(t);
-      y.push(scale && scale !== 1 ? ys[i] * scale : ys[i]);
+      y.push(ys[i] !== null && scale && scale !== 1 ? ys[i] * scale : ys[i]);
       if (inTail) newTail += 1;
       prev = t;
     });
@@ -74,11 +76,15 @@
       const chartTails = tails[chartIds[c]] || (tails[chartIds[c]] = {});
       let data = null;
       for (const [meta, points] of Object.entries(series)) {
-        if (!chart.fields.includes(meta.split("|")[1])) continue;
+        const envelope = meta.startsWith("!");
+        if (!chart.fields.includes(meta.split("|").pop())) continue;
+        if (points[0][points[0].length - 1] < cutoff) continue; // late readings, before the window: nothing to draw
         const i = index[meta];
-        if (i === undefined) { unknown = true; continue; }
+        // A series unknown to the chart needs a history load; an envelope is drawn only where
+        // the live buckets aggregate (the figure then has one for every series).
+        if (i === undefined) { unknown = unknown || !envelope; continue; }
         data = data || figure.data.slice();
-        [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, config.gapMs, chart.scale);
+        [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, envelope ? 0 : config.gapMs, chart.scale);
       }
       return data && Object.assign({}, figure, { data: data });
     });

@@ -18,8 +18,8 @@ RATE x (2 x ROOMS + DEVICES). RATE is at most 1000 (`ts` is in milliseconds), so
 
 The same is measured on a page that polls a server callback with dcc.Interval every 500 ms
 (bench/polling_app.py, all four charts, raw points by extendData): the baseline to beat.
-Also printed: delivered share, the share of closed buckets whose drawn points equal the store's
-lowest/highest/last, stored/expected readings (did the writers keep up), and the CPU of the
+Also printed: delivered share, the share of closed buckets drawn exactly as the store holds them
+(the last reading on the line, lowest to highest as the envelope's segment), stored/expected readings (did the writers keep up), and the CPU of the
 browser, the dashboard and the broker.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from bench.common import percentile, print_table, temporary_stack, write_result
 from dash_app.charts import CHARTS
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
-from tests.helpers import browser, bucket_check, wait_for
+from tests.helpers import TRACES, browser, bucket_check, wait_for
 
 # Notes, at the first animation frame after each redraw, the points it added to each trace.
 HOOK = """
@@ -65,10 +65,6 @@ for (const gd of document.querySelectorAll(".js-plotly-plot")) {
 }
 """
 TAKE = "const out = window.__shown; window.__shown = []; return out;"
-TRACES = """return Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(gd => {
-  const chart = JSON.parse(gd.closest('.dash-graph').id).id;
-  return gd.data.map(t => [chart + ' ' + t.meta, Array.from(t.x), Array.from(t.y)]);
-});"""
 
 
 def take(driver, wait: float = 0) -> list:

@@ -109,25 +109,36 @@ def envelope_shape(xs: np.ndarray, lows: np.ndarray, highs: np.ndarray, threshol
     return (np.concatenate(out_x), np.concatenate(out_y)) if out_x else (np.array([]), np.array([]))
 
 
+def envelope_segments(xs, lows, highs) -> tuple[list, list]:
+    """The envelope of a live chart: a vertical segment from low to high at each point that spans
+    values (x, x, x; low, high, None). assets/live.js appends segments as buckets close, which an
+    outline cannot take; at about one bucket per pixel column the segments look like the band
+    of envelope_shape. Plain lists, as live traces need."""
+    spans = [(x, lo, hi) for x, lo, hi in zip(xs, lows, highs) if lo < hi]
+    return [x for x, _, _ in spans for _ in range(3)], [y for _, lo, hi in spans for y in (lo, hi, None)]
+
+
 def line_figure(
     chart: Chart, frame: pd.DataFrame, note: str | None = None, *, span: tuple[int, int] | None = None,
-    interval_ms: float = 1000, bucket_ms: float = 0, mark_outside: bool = False,
+    interval_ms: float = 1000, bucket_ms: float = 0, mark_outside: bool = False, live_envelopes: bool = False,
 ) -> go.Figure:
     """The chart of `frame`. `span`: the [start, end) shown (the x axis is set to it, so an empty
     range shows its own time span); None in live mode; `bucket_ms`: the width the store averages
     into for this range (see gap_threshold_ms); `mark_outside`: add a markers trace of
-    out-of-band points, an envelope's min and max included.
+    out-of-band points, an envelope's min and max included; `live_envelopes` (live mode, when the
+    live buckets aggregate): every series gets an envelope of segments (envelope_segments) that
+    the live stream extends, from the frame's `<field>_min`/`<field>_max` where it has them.
 
     A frame with `<field>_min`/`<field>_max` columns (downsampled) outside live mode gets each
     series' envelope: a filled trace drawn under its mean line, in its colour, in its legend group
     (hiding the series hides both), with no legend entry of its own; the mean line's hover tells
-    the bucket's min and max. Live mode draws no envelope: assets/live.js extends and trims only
-    the series traces, so an envelope would be left behind as the window moves."""
+    the bucket's min and max."""
     key = TOPICS[chart.topic].key
     fig = go.Figure()
     outside_x: list[int] = []
     outside_y: list[float] = []
-    envelope = span is not None and all(f"{f}_min" in frame and f"{f}_max" in frame for f in chart.fields)
+    has_extremes = all(f"{f}_min" in frame and f"{f}_max" in frame for f in chart.fields)
+    envelope = span is not None and has_extremes
 
     def shown(column: pd.Series) -> np.ndarray:  # stored unit -> the chart's unit
         return column.to_numpy(dtype="float64") * chart.scale
@@ -142,7 +153,7 @@ def line_figure(
             sid, rgb = series_id(name, field), COLORWAY[color % len(COLORWAY)]
             color += 1
             ys = shown(rows[field])
-            lows, highs = (shown(rows[f"{field}_min"]), shown(rows[f"{field}_max"])) if envelope else (ys, ys)
+            lows, highs = (shown(rows[f"{field}_min"]), shown(rows[f"{field}_max"])) if has_extremes else (ys, ys)
             if mark_outside and chart.bands:
                 # The extremes that break a band (one mark where a raw reading is both); the mean
                 # where neither does (a danger zone between a bucket's min and max).
@@ -153,6 +164,12 @@ def line_figure(
                     outside_x += np.asarray(xs)[marked].tolist()
                     outside_y += values[marked].tolist()
             hover, customdata = None, None
+            if live_envelopes and span is None:
+                ex, ey = envelope_segments(xs, lows.tolist(), highs.tolist()) if has_extremes else ([], [])
+                fig.add_trace(go.Scatter(
+                    x=ex, y=ey, name=f"{label} min–max", mode="lines", meta=envelope_id(name, field), legendgroup=sid,
+                    showlegend=False, line={"color": rgb, "width": 2}, opacity=ENVELOPE_OPACITY, hoverinfo="skip",
+                ))
             if envelope:
                 ex, ey = envelope_shape(xs, lows, highs, threshold)
                 fig.add_trace(go.Scatter(

@@ -43,6 +43,11 @@ def live_bucket_ms(services: Services) -> int:
     return services.cfg.live_window_s * 1000 // services.cfg.live_buckets
 
 
+def live_aggregates(services: Services) -> bool:
+    """Whether a live bucket holds several readings of a series: its envelope is then drawn."""
+    return interval_ms(services) < live_bucket_ms(services)
+
+
 def live_config(services: Services) -> dict:
     """What assets/live.js needs to route frames to traces and format the cards."""
     limits: dict[str, list] = {}
@@ -100,8 +105,8 @@ def register(app, services: Services) -> None:
         note = "store unreachable: showing live points only" if snap.error else None
         step = bucket_ms(start, end, points)
         figures = {
-            c.id: line_figure(c, snap.frames[c.topic], note, span=None if live else (start, end),
-                              interval_ms=interval_ms(services), bucket_ms=step, mark_outside=not live)
+            c.id: line_figure(c, snap.frames[c.topic], note, span=None if live else (start, end), interval_ms=interval_ms(services),
+                              bucket_ms=step, mark_outside=not live, live_envelopes=live and live_aggregates(services))
             for c in CHARTS
         }
         shown_range = {"start": start, "end": end, "points": points, "live": live, "choice": choice}

@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from simple_websocket import ConnectionClosed
 
+from dash_app.figures import envelope_id
 from pipeline import kafka
 from pipeline.broker import current_address
 from pipeline.config import Config
@@ -230,19 +231,24 @@ class Buckets:
     """One connection's view of every series at the resolution a chart can draw.
 
     Time is cut into buckets of `width_ms` (about one pixel column of a live chart). Of each
-    bucket a trace keeps the readings a person can see: its lowest, highest and last. A series
-    slower than one reading per bucket thus stays raw, a faster one costs at most three points
-    per pixel column however fast it comes. The open (newest) bucket is sent as a provisional
-    tail that the page replaces with the next one, so the newest reading shows at once.
+    bucket a series' line keeps its last reading, and, when the bucket holds readings of
+    different values, its min–max envelope (figures.envelope_id) gets a segment from the
+    bucket's lowest to its highest at the bucket's start: the same drawing as a downsampled
+    history (dash_app/figures.py). A series slower than one reading per bucket thus stays raw,
+    a faster one costs one line point and one segment per pixel column however fast it comes.
+    The open (newest) bucket is sent as a provisional tail that the page replaces with the
+    next one, so the newest reading shows at once at its own time.
     """
 
     def __init__(self, width_ms: int):
         self.width = max(1, width_ms)
-        self.open: dict[tuple[str, str], list] = {}  # (topic, "key|field") -> [bucket, low, high, last]
+        self.open: dict[tuple[str, str], list] = {}  # (topic, "key|field") -> [bucket, low, high, (ts, last)]
 
     def add(self, rows: dict[str, list]) -> dict[str, dict[str, list]]:
-        """Rows by topic -> {topic: {"key|field": [xs, ys, tail]}}: closed-bucket points, then the
-        open bucket's `tail` points, for each series that changed."""
+        """Rows by topic -> {topic: {meta: [xs, ys, tail]}}: for each series that changed, its
+        line ("key|field": closed buckets' last readings, then the open one's) and, where a
+        bucket spans values, its envelope ("!envelope|key|field": three points a segment, low,
+        high and a break); `tail` counts the open bucket's points at the end."""
         out: dict[str, dict[str, list]] = {}
         for topic, topic_rows in rows.items():
             numeric = TOPICS[topic].numeric
@@ -251,33 +257,30 @@ class Buckets:
                 ts, key = row[0], row[1]
                 bucket = ts // self.width
                 for i, field in enumerate(numeric, start=2):
-                    point = (ts, row[i])
+                    value = row[i]
                     meta = f"{key}|{field}"
                     state = self.open.get((topic, meta))
                     if state is not None and (bucket < state[0] or ts <= state[3][0]):
                         continue  # already seen (the feed re-reads from its last point after a rebalance)
                     if state is None or bucket > state[0]:
                         if state is not None:
-                            closed.setdefault(meta, []).extend(_shown(state))
-                        self.open[(topic, meta)] = [bucket, point, point, point]
+                            closed.setdefault(meta, []).append(state)
+                        self.open[(topic, meta)] = [bucket, value, value, (ts, value)]
                     else:
-                        if point[1] < state[1][1]:
-                            state[1] = point
-                        if point[1] > state[2][1]:
-                            state[2] = point
-                        state[3] = point
+                        state[1], state[2], state[3] = min(state[1], value), max(state[2], value), (ts, value)
                     closed.setdefault(meta, [])
             series = out.setdefault(topic, {})
-            for meta, points in closed.items():
-                tail = _shown(self.open[(topic, meta)])
-                points = points + tail
-                series[meta] = [[p[0] for p in points], [p[1] for p in points], len(tail)]
+            for meta, states in closed.items():
+                key, field = meta.split("|")
+                current = self.open[(topic, meta)]
+                line = [state[3] for state in (*states, current)]
+                series[meta] = [[p[0] for p in line], [p[1] for p in line], 1]
+                spans = [state for state in (*states, current) if state[1] < state[2]]
+                if spans:
+                    xs = [state[0] * self.width for state in spans for _ in range(3)]
+                    ys = [y for state in spans for y in (state[1], state[2], None)]
+                    series[envelope_id(key, field)] = [xs, ys, 3 if spans[-1] is current else 0]
         return {topic: series for topic, series in out.items() if series}
-
-
-def _shown(state: list) -> list[tuple[int, float]]:
-    """A bucket's lowest, highest and last readings, in time order, each once."""
-    return sorted({state[1], state[2], state[3]})
 
 
 def latest_of(rows: dict[str, list]) -> dict[str, dict]:

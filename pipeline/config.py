@@ -67,6 +67,10 @@ class Config(BaseSettings):
         0.10, "a number > 0 and ≤ 2",
         "Cores of CPU the embedded broker may gain over its lowest 30 s average before `run all` renews it (it renews when "
         "its CPU has grown by this much and doubled, after 2 minutes).", gt=0, le=2, allow_inf_nan=False)
+    broker_max_cpu: float = _setting(
+        0.5, "a number > 0 and ≤ 2",
+        "Cores of CPU (over 30 s) above which `run all` renews the embedded broker after 2 minutes, whatever its baseline: "
+        "a broker busy from its start cannot double.", gt=0, le=2, allow_inf_nan=False)
     store_url: str = _setting(
         "sqlite:///data/dashboard.db",
         "`sqlite:///relative/path`, `sqlite:////absolute/path`, `questdb://HOST[:PORT]`, or a QuestDB client string "
@@ -111,7 +115,7 @@ class Config(BaseSettings):
     live_max_points: int = _count(2000, "Most points per series a history range returns before the store cuts it into buckets (each bucket's mean, min and max).")
     live_buckets: int = _count(
         600, "Horizontal resolution of a live chart, about one bucket per pixel column: the live window is cut into this many "
-        "time buckets, and a series faster than one reading per bucket is drawn as each bucket's lowest, highest and last reading.")
+        "time buckets, and a series faster than one reading per bucket is drawn as each bucket's last reading over its lowest-to-highest envelope.")
     live_max_pages: int = _count(
         50, "Most pages one dashboard process streams to at once (each holds a websocket and a server thread); "
         "a page over the limit is told so and retries.")

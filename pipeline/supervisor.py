@@ -13,8 +13,8 @@ then names it, producers switch to it (their old client delivers what it holds, 
 re-sent), the old writers store everything the old broker holds, and only then does the old
 broker stop. Readings keep their sampling times throughout, so no series has a hole. A renewal
 happens when the broker's CPU has doubled over its baseline (and grown by at least
-BROKER_RENEW_CPU of a core), its memory has grown by BROKER_RENEW_MB (a saturated broker's
-CPU cannot double: held messages bound it), or its memory passes BROKER_MAX_MB. A crashed broker is replaced
+BROKER_RENEW_CPU of a core) or passes BROKER_MAX_CPU (a broker busy from its start cannot
+double), its memory has grown by BROKER_RENEW_MB, or its memory passes BROKER_MAX_MB. A crashed broker is replaced
 the same way at once; producers then also re-send their last few seconds of readings, which
 the dead broker may have taken before the writers stored them.
 """
@@ -165,10 +165,10 @@ class BrokerCost:
         self.baseline = cores if self.baseline is None else min(self.baseline, cores)
         return cores
 
-    def renewal_due(self, cores: float | None, growth: float) -> bool:
+    def renewal_due(self, cores: float | None, growth: float, ceiling: float) -> bool:
         if cores is None or self.baseline is None or time.monotonic() - self.started < RENEW_MIN_AGE_S:
             return False
-        return cores > self.baseline + max(growth, self.baseline)
+        return cores > min(self.baseline + max(growth, self.baseline), ceiling)
 
 
 class Supervisor:
@@ -240,7 +240,7 @@ class Supervisor:
             self.renew(reason=f"it uses {rss:.0f} MB (BROKER_MAX_MB={self.cfg.broker_max_mb})")
         elif rss - self.cost.rss0 > self.cfg.broker_renew_mb:
             self.renew(reason=f"it grew by {rss - self.cost.rss0:.0f} MB of held messages")
-        elif self.cost.renewal_due(cores, growth):
+        elif self.cost.renewal_due(cores, growth, self.cfg.broker_max_cpu):
             self.renew(reason=f"its CPU grew from {self.cost.baseline:.2f} to {cores:.2f} cores")
 
     def _next_port(self, old: int) -> int:

@@ -35,8 +35,8 @@ def broker(stack: Stack):
 def pipeline(stack, request):
     """`run all --no-dashboard` at 2 readings/s per sensor (one per live bucket: raw points), or
     at the rate a test asks for with `@pytest.mark.parametrize("pipeline", [RATE], indirect=True)`."""
-    rate = str(getattr(request, "param", 2))
-    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", rate, log_name="all")
+    stack.env["RATE"] = str(getattr(request, "param", 2))  # the dashboard's too, as `run all --rate` gives it
+    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", log_name="all")
     try:
         with open_store(stack.store_url) as store:
             store.ensure_tables()

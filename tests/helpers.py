@@ -16,7 +16,15 @@ from typing import Self
 
 import psutil
 
+from dash_app.charts import CHARTS
+from dash_app.figures import envelope_id
+
 ROOT = Path(__file__).resolve().parent.parent
+# Every trace of every chart on the page: ["<chart> <meta>", xs, ys].
+TRACES = """return Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(gd => {
+  const chart = JSON.parse(gd.closest('.dash-graph').id).id;
+  return gd.data.map(t => [chart + ' ' + t.meta, Array.from(t.x), Array.from(t.y)]);
+});"""
 
 
 def free_port() -> int:
@@ -179,22 +187,30 @@ class Stack:
 
 
 def bucket_check(drawn: dict, stored: dict, width: int, start: int, end: int) -> tuple[int, int]:
-    """(buckets whose drawn points are exactly the store's lowest/highest/last, buckets checked)."""
+    """(buckets drawn exactly as the store holds them, buckets checked). `drawn`: "<chart> <meta>"
+    -> (xs, ys) of every trace; `stored`: "<chart> <key>|<field>" -> [(ts, value)] in time order.
+    A bucket is exact when its one line point is its last reading, and its envelope segment (at
+    the bucket's start) spans its lowest to highest value, or it has none when they are equal."""
+    scales = {c.id: c.scale for c in CHARTS}
     exact = checked = 0
     for key, readings in stored.items():
         if key not in drawn:
             continue
-        xs = drawn[key][0]
+        chart, series = key.split(" ", 1)
+        xs, ys = drawn[key]
+        segments: dict[int, list] = defaultdict(list)
+        for x, y in zip(*drawn.get(f"{chart} {envelope_id(*series.split('|'))}", ([], [])), strict=True):
+            if y is not None:
+                segments[x].append(y)
         by_bucket: dict[int, list] = defaultdict(list)
         for ts, value in readings:
-            by_bucket[ts // width].append((ts, value))
+            by_bucket[ts // width].append((ts, value * scales[chart]))
         for bucket, points in by_bucket.items():
             if bucket * width < start or (bucket + 1) * width > end:
                 continue
-            low = min(points, key=lambda p: p[1])
-            high = max(points, key=lambda p: p[1])
-            want = sorted({low[0], high[0], points[-1][0]})
-            got = xs[bisect.bisect_left(xs, bucket * width):bisect.bisect_left(xs, (bucket + 1) * width)]
+            lo, hi = bisect.bisect_left(xs, bucket * width), bisect.bisect_left(xs, (bucket + 1) * width)
+            values = [v for _, v in points]
+            want_span = [min(values), max(values)] if min(values) < max(values) else []
             checked += 1
-            exact += got == want
+            exact += list(zip(xs[lo:hi], ys[lo:hi])) == [points[-1]] and sorted(segments.get(bucket * width, [])) == want_span
     return exact, checked

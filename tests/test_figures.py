@@ -11,6 +11,7 @@ from dash_app.cards import STALE_MIN_MS, stale_after_ms
 from dash_app.charts import CHARTS, Band
 from dash_app.controls import from_query
 from dash_app.figures import (
+    ENVELOPE_OPACITY,
     GAP_INTERVALS,
     NO_DATA,
     OUTSIDE,
@@ -168,13 +169,27 @@ def test_an_empty_bucket_breaks_the_envelope_too():
     assert [a.size for a in envelope_shape([], np.array([]), np.array([]), 1000)] == [0, 0]
 
 
-def test_raw_ranges_and_live_charts_have_no_envelope():
+def test_raw_ranges_and_live_charts_of_slow_series_have_no_envelope():
     xs = [T0 + i * 1000 for i in range(100)]
     raw = line_figure(CHART["temperature"], temps(xs), span=(T0, T0 + 3_600_000))
-    live = line_figure(CHART["temperature"], downsampled(xs))  # live: assets/live.js moves the series traces only
+    live = line_figure(CHART["temperature"], downsampled(xs))  # live, buckets not aggregating: none
     for fig in (raw, live):
         assert [t.meta for t in fig.data] == ["kitchen|value"]
         assert fig.data[0].customdata is None
+
+
+def test_live_charts_of_fast_series_get_envelopes_of_segments_the_stream_extends():
+    xs = [T0 + i * 500 for i in range(4)]
+    frame = pd.concat([downsampled(xs), downsampled(xs, room="hall", low=21.0, high=21.0)])  # hall: one value a bucket
+    fig = line_figure(CHART["temperature"], frame, live_envelopes=True)
+    assert [t.meta for t in fig.data] == ["!envelope|hall|value", "hall|value", "!envelope|kitchen|value", "kitchen|value"]
+    kitchen, hall = envelope_of(fig, "kitchen|value"), envelope_of(fig, "hall|value")
+    # A segment (x, x, x; low, high, None) per bucket that spans values, as dash_app.live.Buckets sends them.
+    assert list(kitchen.x) == [x for x in xs for _ in range(3)] and list(kitchen.y) == [20.0, 22.0, None] * 4
+    assert list(hall.x) == [] and list(hall.y) == []  # every series has one, for the stream to extend
+    assert kitchen.opacity == ENVELOPE_OPACITY and kitchen.line.color == fig.data[3].line.color
+    # Without extremes (the live window fits raw): the envelopes start empty.
+    assert all(len(t.x) == 0 for t in line_figure(CHART["temperature"], temps(xs), live_envelopes=True).data if t.meta.startswith("!"))
 
 
 def test_the_envelope_is_in_the_charts_unit():

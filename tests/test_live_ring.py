@@ -61,15 +61,15 @@ def test_live_socket_accepts_only_same_origin_pages(origin, host, allowed):
     assert same_origin(origin, host) is allowed
 
 
-def test_buckets_keep_each_buckets_lowest_highest_and_last_with_a_provisional_tail():
+def test_buckets_keep_each_buckets_last_reading_and_envelope_with_a_provisional_tail():
     buckets = Buckets(500)
     assert buckets.add({"temperature": [[1000, "k", 20.0]]}) == {"temperature": {"k|value": [[1000], [20.0], 1]}}
-    # Same bucket: 1000 is now neither lowest, highest nor last; the tail replaces the old one.
+    # Same bucket: the last reading replaces the tail; the bucket now spans 19-21, a segment at its start.
     frame = buckets.add({"temperature": [[1100, "k", 21.0], [1200, "k", 19.0], [1300, "k", 20.5]]})
-    assert frame == {"temperature": {"k|value": [[1100, 1200, 1300], [21.0, 19.0, 20.5], 3]}}
-    # A new bucket closes the old one: its points become final, the new reading is the tail.
+    assert frame == {"temperature": {"k|value": [[1300], [20.5], 1], "!envelope|k|value": [[1000] * 3, [19.0, 21.0, None], 3]}}
+    # A new bucket closes the old one: its point and segment become final; the new one spans nothing yet.
     frame = buckets.add({"temperature": [[1600, "k", 22.0], [1600, "k", 22.0]]})
-    assert frame == {"temperature": {"k|value": [[1100, 1200, 1300, 1600], [21.0, 19.0, 20.5, 22.0], 1]}}
+    assert frame == {"temperature": {"k|value": [[1300, 1600], [20.5, 22.0], 1], "!envelope|k|value": [[1000] * 3, [19.0, 21.0, None], 0]}}
     assert buckets.add({"temperature": [[1300, "k", 5.0]]}) == {}  # a re-read older point changes nothing
 
 

@@ -139,3 +139,36 @@ def test_producers_that_stall_catch_up_with_each_reading_at_its_own_time(stack):
         stop_process(proc, signal.SIGKILL)
     assert sent > 0 and stored == sent
     assert gap <= 20 + 1, f"a series has a {gap:.0f} ms hole"
+
+
+class FakeBroker:
+    """cpu_seconds() as a broker process busy at `cores`."""
+
+    def __init__(self, cores: float):
+        self.cores, self.t0 = cores, time.monotonic()
+
+    def cpu_seconds(self) -> float:
+        return (time.monotonic() - self.t0) * self.cores
+
+
+def test_a_broker_is_renewed_when_its_cpu_doubles_or_passes_the_ceiling_but_not_when_young():
+    from pipeline.supervisor import RENEW_MIN_AGE_S, WINDOW, BrokerCost
+
+    def cost_after(baseline: float, now: float) -> tuple[BrokerCost, float | None]:
+        cost = BrokerCost(FakeBroker(baseline))
+        for _ in range(WINDOW + 1):
+            cores = cost.sample()
+        cost.broker.cores = now
+        cost.samples.clear()
+        for _ in range(WINDOW + 1):
+            cores = cost.sample()
+        return cost, cores
+
+    busy, cores = cost_after(0.05, 0.2)  # doubled and +0.15 core
+    assert not busy.renewal_due(cores, growth=0.1, ceiling=0.5), "never before RENEW_MIN_AGE_S"
+    busy.started -= RENEW_MIN_AGE_S
+    assert busy.renewal_due(cores, growth=0.1, ceiling=0.5)
+    for baseline, now, due in ((0.05, 0.12, False), (0.9, 1.0, True), (0.3, 0.45, False)):
+        cost, cores = cost_after(baseline, now)
+        cost.started -= RENEW_MIN_AGE_S
+        assert cost.renewal_due(cores, growth=0.1, ceiling=0.5) is due, (baseline, now)
