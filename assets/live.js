@@ -63,6 +63,31 @@
     return [Object.assign({}, trace, { x: x, y: y }), newTail];
   }
 
+  /* Add to `marks` the points of a frame's trace (a bucket's last reading, its envelope's low
+   * and high) that break one of `bands`, in the chart's unit. */
+  function addOutside(marks, points, scale, bands) {
+    if (!bands) return;
+    const [xs, ys] = points;
+    xs.forEach((x, k) => {
+      const v = ys[k] === null ? null : ys[k] * scale;
+      if (v !== null && bands.some((band) => breaks(band, v))) { marks[0].push(x); marks[1].push(v); }
+    });
+  }
+
+  /* The markers trace of out-of-band points with `marks` added and what left the live window
+   * dropped. It holds several series, so it is filtered, not cut; an open bucket's points come
+   * again in later frames, so a point already marked is not marked twice. */
+  function withMarks(trace, marks, cutoff) {
+    const x = [], y = [], seen = new Set();
+    trace.x.forEach((t, k) => {
+      if (t >= cutoff) { x.push(t); y.push(trace.y[k]); seen.add(t + " " + trace.y[k]); }
+    });
+    marks[0].forEach((t, k) => {
+      if (!seen.has(t + " " + marks[1][k])) { x.push(t); y.push(marks[1][k]); seen.add(t + " " + marks[1][k]); }
+    });
+    return Object.assign({}, trace, { x: x, y: y });
+  }
+
   /* Draw one frame's traces into the charts; null where a chart has nothing new. */
   function drawFrame(frame, figures, chartIds, tails, config) {
     let unknown = false;
@@ -75,9 +100,11 @@
       figure.data.forEach((trace, i) => { index[trace.meta] = i; });
       const chartTails = tails[chartIds[c]] || (tails[chartIds[c]] = {});
       let data = null;
+      const marks = [[], []]; // points out of a band: xs, ys (in the chart's unit)
       for (const [meta, points] of Object.entries(series)) {
         const envelope = meta.startsWith("!");
-        if (!chart.fields.includes(meta.split("|").pop())) continue;
+        const field = meta.split("|").pop();
+        if (!chart.fields.includes(field)) continue;
         if (points[0][points[0].length - 1] < cutoff) continue; // late readings, before the window: nothing to draw
         const i = index[meta];
         // A series unknown to the chart needs a history load; an envelope is drawn only where
@@ -85,7 +112,10 @@
         if (i === undefined) { unknown = unknown || !envelope; continue; }
         data = data || figure.data.slice();
         [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, envelope ? 0 : config.gapMs, chart.scale);
+        addOutside(marks, points, chart.scale, config.limits[chart.topic + "|" + field]);
       }
+      const m = index[config.outsideMeta];
+      if (marks[0].length && m !== undefined) data[m] = withMarks(data[m], marks, cutoff);
       return data && Object.assign({}, figure, { data: data });
     });
     return { figures: out, unknown: unknown };
@@ -190,13 +220,19 @@
     for (const [series, bands] of Object.entries(config.limits)) {
       const [topic, field] = series.split("|");
       if (topic !== item.topic || typeof item[field] !== "number") continue;
-      for (const [low, high, alert, label, scale] of bands) {
-        const v = item[field] * scale;
-        const inside = (low === null || v >= low) && (high === null || v <= high);
-        if ((alert ? inside : !inside) && !broken.includes(label)) broken.push(alert ? label : "outside " + label);
+      for (const band of bands) {
+        const [, , alert, label, scale] = band;
+        if (breaks(band, item[field] * scale) && !broken.includes(label)) broken.push(alert ? label : "outside " + label);
       }
     }
     return broken.join(" · ");
+  }
+
+  /* Whether a value in the chart's unit is out of range for a band [low, high, alert, ...]: outside
+   * a comfort range, or inside a danger zone (the rule of dash_app/charts.py's Band). */
+  function breaks([low, high, alert], v) {
+    const inside = (low === null || v >= low) && (high === null || v <= high);
+    return alert ? inside : !inside;
   }
 
   function formatAge(ms) {

@@ -29,7 +29,8 @@ FIELD_LABELS = {"memory_used": "used", "memory_total": "total"}
 # and the line breaks there (a null point; Plotly's connectgaps is off).
 GAP_INTERVALS = 5  # reporting intervals without a reading that make a hole (a few: jitter never does)
 NO_DATA = "no data in this range"
-OUTSIDE = "outside band"  # name of the markers trace of out-of-band points (history only)
+OUTSIDE = "outside band"  # name of the markers trace of out-of-band points
+OUTSIDE_ID = f"!{OUTSIDE}"  # its meta, which assets/live.js extends
 TEMPLATE = "plotly_white"
 # Series colours set explicitly, in the order Plotly would give them, so an envelope takes its
 # series' colour (an envelope trace would otherwise take the next colour of the cycle).
@@ -125,7 +126,8 @@ def line_figure(
     """The chart of `frame`. `span`: the [start, end) shown (the x axis is set to it, so an empty
     range shows its own time span); None in live mode; `bucket_ms`: the width the store averages
     into for this range (see gap_threshold_ms); `mark_outside`: add a markers trace of
-    out-of-band points, an envelope's min and max included; `live_envelopes` (live mode, when the
+    out-of-band points, an envelope's min and max included (in live mode even if empty: the live
+    stream adds to it); `live_envelopes` (live mode, when the
     live buckets aggregate): every series gets an envelope of segments (envelope_segments) that
     the live stream extends, from the frame's `<field>_min`/`<field>_max` where it has them.
 
@@ -191,12 +193,12 @@ def line_figure(
                     customdata=customdata, hovertemplate=hover,
                 )
             )
-    if outside_x:
+    empty = not fig.data
+    if outside_x or (mark_outside and chart.bands and span is None):  # live: one to extend, even if empty
         fig.add_trace(go.Scatter(
-            x=outside_x, y=outside_y, name=OUTSIDE, mode="markers", meta=f"!{OUTSIDE}",
+            x=outside_x, y=outside_y, name=OUTSIDE, mode="markers", meta=OUTSIDE_ID,
             marker={"color": "#d9480f", "size": 5, "symbol": "circle-open"}, hoverinfo="x+y",
         ))
-    empty = not fig.data
     fig.update_layout(
         title={"text": chart.title, "x": 0.01},
         margin={"l": 50, "r": 10, "t": 40, "b": 30},

@@ -9,7 +9,7 @@ from dash.exceptions import PreventUpdate
 
 from dash_app import cards, controls, history
 from dash_app.charts import CHARTS
-from dash_app.figures import gap_threshold_ms, line_figure
+from dash_app.figures import OUTSIDE_ID, gap_threshold_ms, line_figure
 from dash_app.services import Services
 from pipeline.schema import TOPICS
 from pipeline.store import StoreUnavailable
@@ -63,6 +63,7 @@ def live_config(services: Services) -> dict:
         "gapMs": gap_threshold_ms(interval_ms(services), live_bucket_ms(services)),
         "staleMs": cards.stale_after_ms(interval_ms(services)),
         "limits": limits,
+        "outsideMeta": OUTSIDE_ID,
     }
 
 
@@ -106,7 +107,7 @@ def register(app, services: Services) -> None:
         step = bucket_ms(start, end, points)
         figures = {
             c.id: line_figure(c, snap.frames[c.topic], note, span=None if live else (start, end), interval_ms=interval_ms(services),
-                              bucket_ms=step, mark_outside=not live, live_envelopes=live and live_aggregates(services))
+                              bucket_ms=step, mark_outside=True, live_envelopes=live and live_aggregates(services))
             for c in CHARTS
         }
         shown_range = {"start": start, "end": end, "points": points, "live": live, "choice": choice}

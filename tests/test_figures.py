@@ -15,6 +15,7 @@ from dash_app.figures import (
     GAP_INTERVALS,
     NO_DATA,
     OUTSIDE,
+    OUTSIDE_ID,
     envelope_shape,
     gap_threshold_ms,
     line_figure,
@@ -114,7 +115,12 @@ def test_bands_are_drawn_and_points_outside_marked():
     marks = next(t for t in fig.data if t.name == OUTSIDE)
     assert list(marks.x) == [T0 + 1000] and list(marks.y) == [30.0]
     assert fig.layout.shapes, "the comfort band is drawn"
-    assert all(t.name != OUTSIDE for t in line_figure(CHART["temperature"], frame).data)  # live: none
+    assert all(t.name != OUTSIDE for t in line_figure(CHART["temperature"], frame).data)  # not asked: none
+    # Live: the markers trace is there even when nothing is outside, for the stream to add to.
+    live = line_figure(CHART["temperature"], temps([T0, T0 + 1000]), mark_outside=True)
+    assert live.data[-1].meta == OUTSIDE_ID and list(live.data[-1].x) == []
+    empty = line_figure(CHART["temperature"], temps([]), mark_outside=True)
+    assert any(NO_DATA in a.text for a in empty.layout.annotations)
 
 
 def downsampled(xs, room="kitchen", mean=21.0, low=20.0, high=22.0, spike: dict | None = None):

@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 from dash_app import history
+from dash_app.figures import OUTSIDE_ID
 from dash_app.graphs import _axis_ms
 from pipeline.broker import current_address
 from pipeline.schema import TOPICS, Temperature
@@ -152,6 +153,10 @@ def test_a_stale_sensors_card_turns_stale_and_recovers(dashboard):
     # The live point came a minute after the stored one: the live trace breaks over the hole.
     drawn = wait_for(lambda: (c := chart(duo, "temperature")) and c["x"] and len(c["x"]) >= 3 and c, 10, "the live point")
     assert drawn["y"] == [12.0, None, 12.5] and drawn["x"][2] == reading["ts"]
+    # Both readings are below the comfort band: the stored one marked by the history load, the
+    # live one by the stream, once each however many frames carry it.
+    marks = wait_for(lambda: (c := chart(duo, "temperature", OUTSIDE_ID)) and len(c["x"]) >= 2 and c, 10, "the live point marked")
+    assert sorted(zip(marks["x"], marks["y"]))[-1] == (reading["ts"], 12.5) and len(marks["x"]) == 2
     # Silent again: stale again once its intervals (at least 10 s) have passed.
     wait_for(lambda: "card-stale" in duo.find_element(card).get_attribute("class"), 20, "the card to turn stale again")
     assert duo.get_logs() == [], "browser console errors"
