@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from simple_websocket import ConnectionClosed
 
-from dash_app.figures import envelope_id
+from dash_app.figures import envelope_id, series_id
 from pipeline import kafka
 from pipeline.broker import current_address
 from pipeline.config import Config
@@ -242,7 +242,7 @@ class Buckets:
 
     def __init__(self, width_ms: int):
         self.width = max(1, width_ms)
-        self.open: dict[tuple[str, str], list] = {}  # (topic, "key|field") -> [bucket, low, high, (ts, last)]
+        self.open: dict[tuple[str, str, str], list] = {}  # (topic, key, field) -> [bucket, low, high, (ts, last)]
 
     def add(self, rows: dict[str, list]) -> dict[str, dict[str, list]]:
         """Rows by topic -> {topic: {meta: [xs, ys, tail]}}: for each series that changed, its
@@ -252,29 +252,27 @@ class Buckets:
         out: dict[str, dict[str, list]] = {}
         for topic, topic_rows in rows.items():
             numeric = TOPICS[topic].numeric
-            closed: dict[str, list] = {}
+            closed: dict[tuple[str, str], list] = {}  # (key, field) -> its buckets closed by these rows
             for row in topic_rows:
                 ts, key = row[0], row[1]
                 bucket = ts // self.width
                 for i, field in enumerate(numeric, start=2):
                     value = row[i]
-                    meta = f"{key}|{field}"
-                    state = self.open.get((topic, meta))
+                    state = self.open.get((topic, key, field))
                     if state is not None and (bucket < state[0] or ts <= state[3][0]):
                         continue  # already seen (the feed re-reads from its last point after a rebalance)
                     if state is None or bucket > state[0]:
                         if state is not None:
-                            closed.setdefault(meta, []).append(state)
-                        self.open[(topic, meta)] = [bucket, value, value, (ts, value)]
+                            closed.setdefault((key, field), []).append(state)
+                        self.open[(topic, key, field)] = [bucket, value, value, (ts, value)]
                     else:
                         state[1], state[2], state[3] = min(state[1], value), max(state[2], value), (ts, value)
-                    closed.setdefault(meta, [])
+                    closed.setdefault((key, field), [])
             series = out.setdefault(topic, {})
-            for meta, states in closed.items():
-                key, field = meta.split("|")
-                current = self.open[(topic, meta)]
+            for (key, field), states in closed.items():
+                current = self.open[(topic, key, field)]
                 line = [state[3] for state in (*states, current)]
-                series[meta] = [[p[0] for p in line], [p[1] for p in line], 1]
+                series[series_id(key, field)] = [[p[0] for p in line], [p[1] for p in line], 1]
                 spans = [state for state in (*states, current) if state[1] < state[2]]
                 if spans:
                     xs = [state[0] * self.width for state in spans for _ in range(3)]
