@@ -273,6 +273,10 @@ def main() -> None:
     series = {f"{k} {m}": [s[k][m] for s in samples] for k in KINDS for m in ("cpu", "rss_mb") if any(s[k][m] for s in samples)}
     series["producer queue"] = [s["queue"] for s in samples]
     series["writer lag"] = [s["lag"] or 0 for s in samples]
+    if args.accelerated:  # batches/s the broker took from the pump since the sample before
+        times = [0.0, *(x * 60 for x in xs)]
+        pumped_at = [0, *(s["pumped"] for s in samples)]
+        series["pump batches/s"] = [round((pumped_at[i + 1] - pumped_at[i]) / (times[i + 1] - times[i])) for i in range(len(samples))]
     if args.dashboard:
         ages = [(x, s["page_age_s"]) for x, s in zip(xs, samples) if s["page_age_s"] is not None]
         if ages:
@@ -281,7 +285,7 @@ def main() -> None:
     rows = [[name, min(v), max(v), v[-1], round(slope(xs_of.get(name, xs), v), 4), round(slope_noise(xs_of.get(name, xs), v), 4)]
             for name, v in series.items()]
     print_table(["series", "min", "max", "last", "slope/min", "± 2 SE"], rows,
-                title=f"Soak: rate {args.rate:g}/sensor, {args.duration / 60:.0f} min{', accelerated' if args.accelerated else ''}")
+                title=f"Soak: rate {args.rate:g}/sensor, {xs[-1]:.0f} min{', accelerated' if args.accelerated else ''}")
     print(f"exit {rc}; sent {sent}, stored {stored} ({'equal' if sent == stored else 'DIFFERENT'}); longest gap in a series {gap:.0f} ms "
           f"(interval {1000 / args.rate:.0f} ms); renewals {len(renewal_s)} (each {', '.join(f'{x:.1f}' for x in renewal_s)} s); pumped {pumped[0]:,} batches")
     name = "soak-accelerated" if args.accelerated else f"soak-rate{args.rate:g}"
