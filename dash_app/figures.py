@@ -113,8 +113,10 @@ def envelope_shape(xs: np.ndarray, lows: np.ndarray, highs: np.ndarray, threshol
 def envelope_segments(xs, lows, highs) -> tuple[list, list]:
     """The envelope of a live chart: a vertical segment from low to high at each point that spans
     values (x, x, x; low, high, None). assets/live.js appends segments as buckets close, which an
-    outline cannot take; at about one bucket per pixel column the segments look like the band
-    of envelope_shape. Plain lists, as live traces need."""
+    outline cannot take; at about one bucket per pixel column, one pixel wide in the band's
+    colour, the segments look like the band of envelope_shape. (A see-through trace, `opacity`,
+    would look the same, but each such trace made every live redraw markedly slower in Chromium.) Plain lists, as live
+    traces need."""
     spans = [(x, lo, hi) for x, lo, hi in zip(xs, lows, highs) if lo < hi]
     return [x for x, _, _ in spans for _ in range(3)], [y for _, lo, hi in spans for y in (lo, hi, None)]
 
@@ -170,7 +172,7 @@ def line_figure(
                 ex, ey = envelope_segments(xs, lows.tolist(), highs.tolist()) if has_extremes else ([], [])
                 fig.add_trace(go.Scatter(
                     x=ex, y=ey, name=f"{label} min–max", mode="lines", meta=envelope_id(name, field), legendgroup=sid,
-                    showlegend=False, line={"color": rgb, "width": 2}, opacity=ENVELOPE_OPACITY, hoverinfo="skip",
+                    showlegend=False, line={"color": _rgba(rgb, ENVELOPE_OPACITY), "width": 1}, hoverinfo="skip",
                 ))
             if envelope:
                 ex, ey = envelope_shape(xs, lows, highs, threshold)

@@ -193,7 +193,8 @@ def test_live_charts_of_fast_series_get_envelopes_of_segments_the_stream_extends
     # A segment (x, x, x; low, high, None) per bucket that spans values, as dash_app.live.Buckets sends them.
     assert list(kitchen.x) == [x for x in xs for _ in range(3)] and list(kitchen.y) == [20.0, 22.0, None] * 4
     assert list(hall.x) == [] and list(hall.y) == []  # every series has one, for the stream to extend
-    assert kitchen.opacity == ENVELOPE_OPACITY and kitchen.line.color == fig.data[3].line.color
+    r, g, b = (int(fig.data[3].line.color[i:i + 2], 16) for i in (1, 3, 5))
+    assert kitchen.line.color == f"rgba({r}, {g}, {b}, {ENVELOPE_OPACITY})"  # the series' colour, see-through
     # Without extremes (the live window fits raw): the envelopes start empty.
     assert all(len(t.x) == 0 for t in line_figure(CHART["temperature"], temps(xs), live_envelopes=True).data if t.meta.startswith("!"))
 
