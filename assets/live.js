@@ -83,7 +83,7 @@
       if (t >= cutoff) { x.push(t); y.push(trace.y[k]); seen.add(t + " " + trace.y[k]); }
     });
     marks[0].forEach((t, k) => {
-      if (!seen.has(t + " " + marks[1][k])) { x.push(t); y.push(marks[1][k]); seen.add(t + " " + marks[1][k]); }
+      if (t >= cutoff && !seen.has(t + " " + marks[1][k])) { x.push(t); y.push(marks[1][k]); seen.add(t + " " + marks[1][k]); }
     });
     return Object.assign({}, trace, { x: x, y: y });
   }
