@@ -69,8 +69,9 @@
     if (!bands) return;
     const [xs, ys] = points;
     xs.forEach((x, k) => {
-      const v = ys[k] === null ? null : ys[k] * scale;
-      if (v !== null && bands.some((band) => breaks(band, v))) { marks[0].push(x); marks[1].push(v); }
+      if (ys[k] === null) return; // an envelope segment's break
+      const v = ys[k] * scale;
+      if (bands.some((band) => breaks(band, v))) { marks[0].push(x); marks[1].push(v); }
     });
   }
 

@@ -236,7 +236,7 @@ def main() -> None:
         samples = []
         t0 = time.monotonic()
         sampler.sample()
-        while time.monotonic() - t0 < args.duration and not (pumper and not pumper.is_alive()):
+        while time.monotonic() - t0 < args.duration and (pumper is None or pumper.is_alive()):
             time.sleep(args.interval)
             if proc.poll() is not None:
                 raise SystemExit(f"run all exited with {proc.returncode}:\n{stack.log('all')[-3000:]}")

@@ -115,8 +115,8 @@ def envelope_segments(xs, lows, highs) -> tuple[list, list]:
     values (x, x, x; low, high, None). assets/live.js appends segments as buckets close, which an
     outline cannot take; at about one bucket per pixel column, one pixel wide in the band's
     colour, the segments look like the band of envelope_shape. (A see-through trace, `opacity`,
-    would look the same, but each such trace made every live redraw markedly slower in Chromium.) Plain lists, as live
-    traces need."""
+    would look the same, but each such trace made every live redraw markedly slower in
+    Chromium.) Plain lists, as live traces need."""
     spans = [(x, lo, hi) for x, lo, hi in zip(xs, lows, highs) if lo < hi]
     return [x for x, _, _ in spans for _ in range(3)], [y for _, lo, hi in spans for y in (lo, hi, None)]
 
@@ -129,9 +129,9 @@ def line_figure(
     range shows its own time span); None in live mode; `bucket_ms`: the width the store averages
     into for this range (see gap_threshold_ms); `mark_outside`: add a markers trace of
     out-of-band points, an envelope's min and max included (in live mode even if empty: the live
-    stream adds to it); `live_envelopes` (live mode, when the
-    live buckets aggregate): every series gets an envelope of segments (envelope_segments) that
-    the live stream extends, from the frame's `<field>_min`/`<field>_max` where it has them.
+    stream adds to it); `live_envelopes` (live mode, when the live buckets aggregate): every
+    series gets an envelope of segments (envelope_segments) that the live stream extends, from
+    the frame's `<field>_min`/`<field>_max` where it has them.
 
     A frame with `<field>_min`/`<field>_max` columns (downsampled) outside live mode gets each
     series' envelope: a filled trace drawn under its mean line, in its colour, in its legend group

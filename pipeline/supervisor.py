@@ -241,7 +241,7 @@ class Supervisor:
         elif rss - self.cost.rss0 > self.cfg.broker_renew_mb:
             self.renew(reason=f"it grew by {rss - self.cost.rss0:.0f} MB of held messages")
         elif self.cost.renewal_due(cores, growth, self.cfg.broker_max_cpu):
-            self.renew(reason=f"its CPU grew from {self.cost.baseline:.2f} to {cores:.2f} cores")
+            self.renew(reason=f"its CPU grew from {self.cost.baseline:.2f} to {cores:.2f} cores (BROKER_MAX_CPU={self.cfg.broker_max_cpu:g})")
 
     def _next_port(self, old: int) -> int:
         for port in (self.cfg.broker_port, self.cfg.broker_port + 1):

@@ -11,6 +11,7 @@ import signal
 import time
 
 import psutil
+import pytest
 
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
@@ -142,33 +143,42 @@ def test_producers_that_stall_catch_up_with_each_reading_at_its_own_time(stack):
 
 
 class FakeBroker:
-    """cpu_seconds() as a broker process busy at `cores`."""
+    """A broker process busy at `cores`, on a clock the test moves (`tick`)."""
 
-    def __init__(self, cores: float):
-        self.cores, self.t0 = cores, time.monotonic()
+    def __init__(self, clock: list[float], cores: float):
+        self.clock, self.cores, self.cpu = clock, cores, 0.0
+
+    def tick(self, seconds: float) -> None:
+        self.clock[0] += seconds
+        self.cpu += seconds * self.cores
 
     def cpu_seconds(self) -> float:
-        return (time.monotonic() - self.t0) * self.cores
+        return self.cpu
 
 
-def test_a_broker_is_renewed_when_its_cpu_doubles_or_passes_the_ceiling_but_not_when_young():
-    from pipeline.supervisor import RENEW_MIN_AGE_S, WINDOW, BrokerCost
+def test_a_broker_is_renewed_when_its_cpu_doubles_or_passes_the_ceiling_but_not_when_young(monkeypatch):
+    from pipeline import supervisor
+    from pipeline.supervisor import CHECK_S, RENEW_MIN_AGE_S, WINDOW, BrokerCost
 
-    def cost_after(baseline: float, now: float) -> tuple[BrokerCost, float | None]:
-        cost = BrokerCost(FakeBroker(baseline))
-        for _ in range(WINDOW + 1):
-            cores = cost.sample()
-        cost.broker.cores = now
-        cost.samples.clear()
-        for _ in range(WINDOW + 1):
-            cores = cost.sample()
-        return cost, cores
+    clock = [1000.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: clock[0])
 
-    busy, cores = cost_after(0.05, 0.2)  # doubled and +0.15 core
-    assert not busy.renewal_due(cores, growth=0.1, ceiling=0.5), "never before RENEW_MIN_AGE_S"
-    busy.started -= RENEW_MIN_AGE_S
-    assert busy.renewal_due(cores, growth=0.1, ceiling=0.5)
-    for baseline, now, due in ((0.05, 0.12, False), (0.9, 1.0, True), (0.3, 0.45, False)):
-        cost, cores = cost_after(baseline, now)
-        cost.started -= RENEW_MIN_AGE_S
+    def cost_after(baseline: float, now: float, age_s: float) -> tuple[BrokerCost, float | None]:
+        """A broker at `baseline` cores for a full window, then at `now` for another, `age_s` old."""
+        broker = FakeBroker(clock, baseline)
+        cost = BrokerCost(broker)
+        for cores in (baseline, now):
+            broker.cores = cores
+            cost.samples.clear()
+            for _ in range(WINDOW + 1):
+                broker.tick(CHECK_S)
+                measured = cost.sample()
+        clock[0] = cost.started + age_s
+        return cost, measured
+
+    young, cores = cost_after(0.05, 0.2, age_s=RENEW_MIN_AGE_S - 1)  # doubled and +0.15 core
+    assert cores == pytest.approx(0.2)
+    assert not young.renewal_due(cores, growth=0.1, ceiling=0.5), "never before RENEW_MIN_AGE_S"
+    for baseline, now, due in ((0.05, 0.2, True), (0.05, 0.12, False), (0.9, 1.0, True), (0.3, 0.45, False)):
+        cost, cores = cost_after(baseline, now, age_s=RENEW_MIN_AGE_S)
         assert cost.renewal_due(cores, growth=0.1, ceiling=0.5) is due, (baseline, now)
