@@ -31,6 +31,7 @@ import urllib.request
 import psutil
 
 from bench.common import ROOT, print_table, temporary_stack, write_result
+from pipeline.supervisor import STOP_BUDGET_S
 from tests.helpers import Stack, browser, free_port, stop_process
 
 NO_POLLER = (
@@ -136,7 +137,7 @@ def main() -> None:
         finally:
             driver.quit()
         stop_process(dash)
-        stop_process(pipeline, timeout=60)
+        stop_process(pipeline, timeout=STOP_BUDGET_S)
 
     a, b = results["A: no poller, no page"], results["B: poller, no page"]
     c, d = results["C: poller, 1 page"], results[f"D: poller, {args.pages} pages"]

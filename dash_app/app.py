@@ -55,6 +55,10 @@ def create_app(services: Services) -> Dash:
 
     @sock.route(LIVE_PATH)
     def live(ws):
+        if services.stopping.is_set():  # a page that reconnects to a stopping dashboard is let go
+            ws.close(Pages.GOING_AWAY, "the dashboard is stopping")
+            hang_up(ws)
+            return
         hangup = services.pages.admit(ws)
         if hangup is None:
             log.warning("refused a live page: %d already streaming (LIVE_MAX_PAGES)", services.pages.limit)

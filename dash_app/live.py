@@ -301,6 +301,7 @@ class Pages:
     """
 
     BUSY = 1013  # WebSocket close code "try again later"
+    GOING_AWAY = 1001  # the server is stopping (the page retries as after any close)
 
     def __init__(self, limit: int):
         self.limit = limit

@@ -49,7 +49,10 @@ CHECK_S = 10.0  # how often the embedded broker's CPU and memory are sampled
 WINDOW = 3  # samples averaged: the broker's cost over the last 30 s
 RENEW_MIN_AGE_S = 120.0  # a broker is never renewed for CPU before it has run this long
 SWITCH_S = 30.0  # longest a renewal waits for the producers to leave the old broker
-DRAIN_S = 30.0  # longest a renewal waits for the old writers to store what the old broker holds
+DRAIN_S = 30.0  # longest a renewal (or a stop) waits for the writers to store what a broker holds
+# The longest an orderly stop takes, no broker being renewed: producers, the drain, writers,
+# dashboard, broker (each given its grace before it is killed).
+STOP_BUDGET_S = PRODUCER_GRACE_S + DRAIN_S + 3 * STOP_GRACE_S
 
 
 @dataclass
@@ -213,6 +216,7 @@ class Supervisor:
                 _restart_crashed(self.kids)
             return 0
         finally:
+            stopping = time.monotonic()
             log.info("stopping: producers, then writers, then the dashboard%s", ", then the broker" if self.broker else "")
             stop_children([k for k in self.kids if k.kind == "producer"], PRODUCER_GRACE_S)
             if self.broker:
@@ -228,7 +232,7 @@ class Supervisor:
             if self.broker:
                 self.broker.stop()
                 address_file(cfg).unlink(missing_ok=True)
-            log.info("all stopped")
+            log.info("all stopped in %.1fs", time.monotonic() - stopping)
 
     def _check_cost(self) -> None:
         cores = self.cost.sample()
