@@ -3,7 +3,7 @@
  * The server (dash_app/live.py) sends a frame with everything after the page's cursor; the page
  * draws it and answers "<n> <cursor>"; only then does the next frame come. Each series arrives
  * bucketed to about one pixel column: a line point (the bucket's last reading) and, where the
- * bucket spans values, a min–max segment of its envelope trace, closed buckets first, then a
+ * bucket spans values, its lowest and highest on its envelope trace, closed buckets first, then a
  * provisional `tail` for the open bucket that the next frame replaces. So a lone reading is
  * drawn at once, and however fast readings come a chart holds a few points per pixel column.
  *
@@ -33,8 +33,8 @@
   /* A trace with its old tail replaced by `points`: [xs, ys, tail]. Points at or before the
    * trace's last kept x are already drawn (the history overlaps the first frame), so they are
    * skipped. Where a point comes `gapMs` or more after the one before, a null point goes
-   * first: the line breaks over the hole (the gap rule of dash_app/figures.py); envelopes
-   * (gapMs 0) carry their own breaks. Values are multiplied by the chart's `scale` (bytes to
+   * first: the line (or envelope) breaks over the hole (the gap rule of dash_app/figures.py).
+   * Values are multiplied by the chart's `scale` (bytes to
    * GiB). Returns the new trace and how many tail points (a tail point's null included) it now
    * holds. */
   function extendTrace(trace, oldTail, points, cutoff, gapMs, scale) {
@@ -69,7 +69,7 @@
     if (!bands) return;
     const [xs, ys] = points;
     xs.forEach((x, k) => {
-      if (ys[k] === null) return; // an envelope segment's break
+      if (ys[k] === null) return; // a break over a hole
       const v = ys[k] * scale;
       if (bands.some((band) => breaks(band, v))) { marks[0].push(x); marks[1].push(v); }
     });
@@ -112,7 +112,7 @@
         // the live buckets aggregate (the figure then has one for every series).
         if (i === undefined) { unknown = unknown || !envelope; continue; }
         data = data || figure.data.slice();
-        [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, envelope ? 0 : config.gapMs, chart.scale);
+        [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, config.gapMs, chart.scale);
         addOutside(marks, points, chart.scale, config.limits[chart.topic + "|" + field]);
       }
       const m = index[config.outsideMeta];

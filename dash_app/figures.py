@@ -110,15 +110,30 @@ def envelope_shape(xs: np.ndarray, lows: np.ndarray, highs: np.ndarray, threshol
     return (np.concatenate(out_x), np.concatenate(out_y)) if out_x else (np.array([]), np.array([]))
 
 
-def envelope_segments(xs, lows, highs) -> tuple[list, list]:
-    """The envelope of a live chart: a vertical segment from low to high at each point that spans
-    values (x, x, x; low, high, None). assets/live.js appends segments as buckets close, which an
-    outline cannot take; at about one bucket per pixel column, one pixel wide in the band's
-    colour, the segments look like the band of envelope_shape. (A see-through trace, `opacity`,
-    would look the same, but each such trace made every live redraw markedly slower in
-    Chromium.) Plain lists, as live traces need."""
-    spans = [(x, lo, hi) for x, lo, hi in zip(xs, lows, highs) if lo < hi]
-    return [x for x, _, _ in spans for _ in range(3)], [y for _, lo, hi in spans for y in (lo, hi, None)]
+def envelope_ends(bucket: int, low: float, high: float) -> tuple[float, float]:
+    """A live bucket's envelope points in drawing order: low then high in even buckets, high then
+    low in odd ones (see envelope_path)."""
+    return (low, high) if bucket % 2 == 0 else (high, low)
+
+
+def envelope_path(xs, lows, highs, width_ms: int, threshold_ms: float) -> tuple[list, list]:
+    """The envelope of a live chart as one line that assets/live.js extends as buckets close: at
+    each bucket's start that spans values, its low and its high (envelope_ends), so the line
+    goes up one bucket, along the top to the next, down it, along the bottom... One pixel wide
+    in the band's colour, at about one bucket per pixel column, it looks like the filled band of
+    envelope_shape, which cannot be extended. A null breaks it over a hole, as a line's.
+
+    One unbroken line, because Plotly draws each run between nulls as an SVG path of its own: a
+    segment per bucket (x, x, x; low, high, None) cost a path per pixel column and made a live
+    redraw three times slower. Plain lists, as live traces need."""
+    px: list = []
+    py: list = []
+    width = max(1, int(width_ms))
+    for x, lo, hi in zip(xs, lows, highs):
+        if lo < hi:
+            px += [x, x]
+            py += envelope_ends(int(x) // width, lo, hi)
+    return with_gaps(px, py, threshold_ms)
 
 
 def line_figure(
@@ -130,7 +145,7 @@ def line_figure(
     into for this range (see gap_threshold_ms); `mark_outside`: add a markers trace of
     out-of-band points, an envelope's min and max included (in live mode even if empty: the live
     stream adds to it); `live_envelopes` (live mode, when the live buckets aggregate): every
-    series gets an envelope of segments (envelope_segments) that the live stream extends, from
+    series gets an envelope line (envelope_path) that the live stream extends, from
     the frame's `<field>_min`/`<field>_max` where it has them.
 
     A frame with `<field>_min`/`<field>_max` columns (downsampled) outside live mode gets each
@@ -169,7 +184,7 @@ def line_figure(
                     outside_y += values[marked].tolist()
             hover, customdata = None, None
             if live_envelopes and span is None:
-                ex, ey = envelope_segments(xs, lows.tolist(), highs.tolist()) if has_extremes else ([], [])
+                ex, ey = envelope_path(xs, lows.tolist(), highs.tolist(), bucket_ms, threshold) if has_extremes else ([], [])
                 fig.add_trace(go.Scatter(
                     x=ex, y=ey, name=f"{label} min–max", mode="lines", meta=envelope_id(name, field), legendgroup=sid,
                     showlegend=False, line={"color": _rgba(rgb, ENVELOPE_OPACITY), "width": 1}, hoverinfo="skip",

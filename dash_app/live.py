@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from simple_websocket import ConnectionClosed
 
-from dash_app.figures import envelope_id, series_id
+from dash_app.figures import envelope_ends, envelope_id, series_id
 from pipeline import kafka
 from pipeline.broker import current_address
 from pipeline.config import Config
@@ -232,10 +232,11 @@ class Buckets:
 
     Time is cut into buckets of `width_ms` (about one pixel column of a live chart). Of each
     bucket a series' line keeps its last reading, and, when the bucket holds readings of
-    different values, its min–max envelope (figures.envelope_id) gets a segment from the
-    bucket's lowest to its highest at the bucket's start: the same drawing as a downsampled
-    history (dash_app/figures.py). A series slower than one reading per bucket thus stays raw,
-    a faster one costs one line point and one segment per pixel column however fast it comes.
+    different values, its min–max envelope (figures.envelope_id) gets the bucket's lowest and
+    highest at the bucket's start, in the order of figures.envelope_path: the same drawing as
+    the live window's history. A series slower than one reading per bucket thus stays raw, a
+    faster one costs one line point and two envelope points per pixel column however fast it
+    comes.
     The open (newest) bucket is sent as a provisional tail that the page replaces with the
     next one, so the newest reading shows at once at its own time.
     """
@@ -247,8 +248,8 @@ class Buckets:
     def add(self, rows: dict[str, list]) -> dict[str, dict[str, list]]:
         """Rows by topic -> {topic: {meta: [xs, ys, tail]}}: for each series that changed, its
         line ("key|field": closed buckets' last readings, then the open one's) and, where a
-        bucket spans values, its envelope ("!envelope|key|field": three points a segment, low,
-        high and a break); `tail` counts the open bucket's points at the end."""
+        bucket spans values, its envelope ("!envelope|key|field": two points a bucket, see
+        figures.envelope_ends); `tail` counts the open bucket's points at the end."""
         out: dict[str, dict[str, list]] = {}
         for topic, topic_rows in rows.items():
             numeric = TOPICS[topic].numeric
@@ -275,9 +276,9 @@ class Buckets:
                 series[series_id(key, field)] = [[p[0] for p in line], [p[1] for p in line], 1]
                 spans = [state for state in (*states, current) if state[1] < state[2]]
                 if spans:
-                    xs = [state[0] * self.width for state in spans for _ in range(3)]
-                    ys = [y for state in spans for y in (state[1], state[2], None)]
-                    series[envelope_id(key, field)] = [xs, ys, 3 if spans[-1] is current else 0]
+                    xs = [state[0] * self.width for state in spans for _ in range(2)]
+                    ys = [y for state in spans for y in envelope_ends(state[0], state[1], state[2])]
+                    series[envelope_id(key, field)] = [xs, ys, 2 if spans[-1] is current else 0]
         return {topic: series for topic, series in out.items() if series}
 
 

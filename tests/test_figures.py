@@ -184,14 +184,16 @@ def test_raw_ranges_and_live_charts_of_slow_series_have_no_envelope():
         assert fig.data[0].customdata is None
 
 
-def test_live_charts_of_fast_series_get_envelopes_of_segments_the_stream_extends():
-    xs = [T0 + i * 500 for i in range(4)]
+def test_live_charts_of_fast_series_get_envelopes_the_stream_extends():
+    xs = [T0 + i * 500 for i in range(4)] + [T0 + 10_000]  # a hole of 19 buckets before the last
     frame = pd.concat([downsampled(xs), downsampled(xs, room="hall", low=21.0, high=21.0)])  # hall: one value a bucket
-    fig = line_figure(CHART["temperature"], frame, live_envelopes=True)
+    fig = line_figure(CHART["temperature"], frame, live_envelopes=True, bucket_ms=500)
     assert [t.meta for t in fig.data] == ["!envelope|hall|value", "hall|value", "!envelope|kitchen|value", "kitchen|value"]
     kitchen, hall = envelope_of(fig, "kitchen|value"), envelope_of(fig, "hall|value")
-    # A segment (x, x, x; low, high, None) per bucket that spans values, as dash_app.live.Buckets sends them.
-    assert list(kitchen.x) == [x for x in xs for _ in range(3)] and list(kitchen.y) == [20.0, 22.0, None] * 4
+    # Per bucket that spans values its low and high, in the order dash_app.live.Buckets sends them
+    # (T0 is an even bucket): one line up, along the top, down, along the bottom; broken over the hole.
+    assert list(kitchen.x) == [x for x in xs[:4] for _ in range(2)] + [(xs[3] + xs[4]) // 2] + [xs[4]] * 2
+    assert list(kitchen.y) == [20.0, 22.0, 22.0, 20.0] * 2 + [None, 20.0, 22.0]
     assert list(hall.x) == [] and list(hall.y) == []  # every series has one, for the stream to extend
     r, g, b = (int(fig.data[3].line.color[i:i + 2], 16) for i in (1, 3, 5))
     assert kitchen.line.color == f"rgba({r}, {g}, {b}, {ENVELOPE_OPACITY})"  # the series' colour, see-through

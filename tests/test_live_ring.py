@@ -64,13 +64,17 @@ def test_live_socket_accepts_only_same_origin_pages(origin, host, allowed):
 def test_buckets_keep_each_buckets_last_reading_and_envelope_with_a_provisional_tail():
     buckets = Buckets(500)
     assert buckets.add({"temperature": [[1000, "k", 20.0]]}) == {"temperature": {"k|value": [[1000], [20.0], 1]}}
-    # Same bucket: the last reading replaces the tail; the bucket now spans 19-21, a segment at its start.
+    # Same bucket: the last reading replaces the tail; the bucket now spans 19-21: its low and high
+    # at its start, low first (an even bucket).
     frame = buckets.add({"temperature": [[1100, "k", 21.0], [1200, "k", 19.0], [1300, "k", 20.5]]})
-    assert frame == {"temperature": {"k|value": [[1300], [20.5], 1], "!envelope|k|value": [[1000] * 3, [19.0, 21.0, None], 3]}}
-    # A new bucket closes the old one: its point and segment become final; the new one spans nothing yet.
+    assert frame == {"temperature": {"k|value": [[1300], [20.5], 1], "!envelope|k|value": [[1000] * 2, [19.0, 21.0], 2]}}
+    # A new bucket closes the old one: its points become final; the new one spans nothing yet.
     frame = buckets.add({"temperature": [[1600, "k", 22.0], [1600, "k", 22.0]]})
-    assert frame == {"temperature": {"k|value": [[1300, 1600], [20.5, 22.0], 1], "!envelope|k|value": [[1000] * 3, [19.0, 21.0, None], 0]}}
+    assert frame == {"temperature": {"k|value": [[1300, 1600], [20.5, 22.0], 1], "!envelope|k|value": [[1000] * 2, [19.0, 21.0], 0]}}
     assert buckets.add({"temperature": [[1300, "k", 5.0]]}) == {}  # a re-read older point changes nothing
+    # An odd bucket goes high first: the envelope runs along the top from one bucket to the next.
+    frame = buckets.add({"temperature": [[1700, "k", 23.0]]})
+    assert frame["temperature"]["!envelope|k|value"] == [[1500] * 2, [23.0, 22.0], 2]
 
 
 def test_slow_series_stay_raw_and_each_field_is_its_own_trace():
