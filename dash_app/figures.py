@@ -31,10 +31,17 @@ GAP_INTERVALS = 5  # reporting intervals without a reading that make a hole (a f
 NO_DATA = "no data in this range"
 OUTSIDE = "outside band"  # name of the markers trace of out-of-band points
 OUTSIDE_ID = f"!{OUTSIDE}"  # its meta, which assets/live.js extends
-TEMPLATE = "plotly_white"
+# Plotly's "plotly_white" look, only the part line charts use: the whole template (colour
+# scales, 3-D scenes, maps, two dozen trace types) travels in every figure, and dcc.Graph deep
+# copies the layout on each live redraw.
+TEMPLATE = go.layout.Template(layout={
+    part: pio.templates["plotly_white"].layout[part]
+    for part in ("colorway", "font", "hoverlabel", "hovermode", "paper_bgcolor", "plot_bgcolor", "shapedefaults",
+                 "annotationdefaults", "title", "xaxis", "yaxis")
+})
 # Series colours set explicitly, in the order Plotly would give them, so an envelope takes its
 # series' colour (an envelope trace would otherwise take the next colour of the cycle).
-COLORWAY = pio.templates[TEMPLATE].layout.colorway
+COLORWAY = TEMPLATE.layout.colorway
 ENVELOPE_OPACITY = 0.2
 
 
