@@ -63,15 +63,27 @@
     return [Object.assign({}, trace, { x: x, y: y }), newTail];
   }
 
-  /* Add to `marks` the points of a frame's trace (a bucket's last reading, its envelope's low
-   * and high) that break one of `bands`, in the chart's unit. */
-  function addOutside(marks, points, scale, bands) {
+  /* Add to `marks` the out-of-range points of one series' trace in a frame, in the chart's unit,
+   * one a bucket as dash_app/figures.py marks history: of an envelope's low and high, the one
+   * further out of range (its bucket start goes into `marked`); a line point only where its
+   * bucket has no such mark (a raw reading, or a danger zone between a bucket's low and high). */
+  function addOutside(marks, points, scale, bands, envelope, marked, bucketMs) {
     if (!bands) return;
     const [xs, ys] = points;
+    const mark = (x, v) => { marks[0].push(x); marks[1].push(v); };
+    if (envelope) {
+      for (let k = 0; k + 1 < xs.length; k++) {
+        if (ys[k] === null || ys[k + 1] === null || xs[k] !== xs[k + 1]) continue; // a break
+        const lo = Math.min(ys[k], ys[k + 1]) * scale, hi = Math.max(ys[k], ys[k + 1]) * scale;
+        const dLo = outDepth(bands, lo), dHi = outDepth(bands, hi);
+        if (dHi >= 0 || dLo >= 0) { mark(xs[k], dHi >= dLo ? hi : lo); marked.add(xs[k]); }
+        k += 1;
+      }
+      return;
+    }
     xs.forEach((x, k) => {
-      if (ys[k] === null) return; // a break over a hole
-      const v = ys[k] * scale;
-      if (bands.some((band) => breaks(band, v))) { marks[0].push(x); marks[1].push(v); }
+      if (ys[k] === null || marked.has(Math.floor(x / bucketMs) * bucketMs)) return;
+      if (outDepth(bands, ys[k] * scale) >= 0) mark(x, ys[k] * scale);
     });
   }
 
@@ -102,7 +114,9 @@
       const chartTails = tails[chartIds[c]] || (tails[chartIds[c]] = {});
       let data = null;
       const marks = [[], []]; // points out of a band: xs, ys (in the chart's unit)
-      for (const [meta, points] of Object.entries(series)) {
+      const marked = {}; // series -> the buckets its envelope marked in this frame
+      // Envelopes ("!envelope|key|field") before lines: a line point's mark depends on its bucket's.
+      for (const [meta, points] of Object.entries(series).sort(([a], [b]) => (a < b ? -1 : 1))) {
         const envelope = meta.startsWith("!");
         const field = meta.split("|").pop();
         if (!chart.fields.includes(field)) continue;
@@ -113,7 +127,9 @@
         if (i === undefined) { unknown = unknown || !envelope; continue; }
         data = data || figure.data.slice();
         [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, config.gapMs, chart.scale);
-        addOutside(marks, points, chart.scale, config.limits[chart.topic + "|" + field]);
+        const sid = envelope ? meta.slice(meta.indexOf("|") + 1) : meta;
+        addOutside(marks, points, chart.scale, config.limits[chart.topic + "|" + field], envelope,
+          marked[sid] || (marked[sid] = new Set()), config.bucketMs);
       }
       const m = index[config.outsideMeta];
       if (marks[0].length && m !== undefined) data[m] = withMarks(data[m], marks, cutoff);
@@ -227,6 +243,18 @@
       }
     }
     return broken.join(" · ");
+  }
+
+  /* How far a value in the chart's unit is out of range: its distance to the nearest limit of
+   * the bands it breaks, -1 when it breaks none (figures.out_depth). */
+  function outDepth(bands, v) {
+    let depth = -1;
+    for (const band of bands) {
+      if (!breaks(band, v)) continue;
+      const limits = [band[0], band[1]].filter((limit) => limit !== null);
+      depth = Math.max(depth, limits.length ? Math.min(...limits.map((limit) => Math.abs(v - limit))) : 0);
+    }
+    return depth;
   }
 
   /* Whether a value in the chart's unit is out of range for a band [low, high, alert, ...]: outside

@@ -202,7 +202,7 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
     latencies.sort()
     values = [lat for _, lat in latencies]
     third = max(1, len(values) // 3)
-    exact, checked = bucket_check(drawn, stored, cfg.live_window_s * 1000 // cfg.live_buckets, loaded + 5000, t1 - 2000)
+    exact, checked = bucket_check(drawn, stored, cfg.live_bucket_ms, loaded + 5000, t1 - 2000)
     expected = sensors * per_sensor * (t1 - t0) / 1000
     seconds = (t1 - t0) / 1000
     cpu = meter.cores(seconds)

@@ -39,7 +39,6 @@ def create_app(services: Services) -> Dash:
     pipeline_page.register(app, services)
 
     sock = Sock(app.server)
-    bucket_ms = services.cfg.live_window_s * 1000 // services.cfg.live_buckets
 
     hosts = services.cfg.dashboard_hosts
 
@@ -66,7 +65,7 @@ def create_app(services: Services) -> Dash:
             hang_up(ws)
             return
         try:
-            serve_frames(ws, services.ring, services.health, request.args.get("since"), bucket_ms, hangup)
+            serve_frames(ws, services.ring, services.health, request.args.get("since"), services.cfg.live_bucket_ms, hangup)
         finally:
             services.pages.leave(ws)
             hang_up(ws)

@@ -125,10 +125,11 @@ def envelope_ends(bucket: int, low: float, high: float) -> tuple[float, float]:
 
 def envelope_path(xs, lows, highs, width_ms: int, threshold_ms: float) -> tuple[list, list]:
     """The envelope of a live chart as one line that assets/live.js extends as buckets close: at
-    each bucket's start that spans values, its low and its high (envelope_ends), so the line
-    goes up one bucket, along the top to the next, down it, along the bottom... One pixel wide
-    in the band's colour, at about one bucket per pixel column, it looks like the filled band of
-    envelope_shape, which cannot be extended. A null breaks it over a hole, as a line's.
+    the start of each bucket of `width_ms` that spans values, its low and its high
+    (envelope_ends), so the line goes up one bucket, along the top to the next, down it, along
+    the bottom... One pixel wide in the band's colour, at about one bucket per pixel column, it
+    looks like the filled band of envelope_shape, which cannot be extended. A null breaks it
+    over a hole, as a line's.
 
     One unbroken line, because Plotly draws each run between nulls as an SVG path of its own: a
     segment per bucket (x, x, x; low, high, None) cost a path per pixel column and made a live
@@ -138,8 +139,9 @@ def envelope_path(xs, lows, highs, width_ms: int, threshold_ms: float) -> tuple[
     width = max(1, int(width_ms))
     for x, lo, hi in zip(xs, lows, highs):
         if lo < hi:
-            px += [x, x]
-            py += envelope_ends(int(x) // width, lo, hi)
+            bucket = int(x) // width  # x: the bucket's start, or a reading in it (history.live_buckets)
+            px += [bucket * width] * 2
+            py += envelope_ends(bucket, lo, hi)
     return with_gaps(px, py, threshold_ms)
 
 
@@ -181,11 +183,13 @@ def line_figure(
             ys = shown(rows[field])
             lows, highs = (shown(rows[f"{field}_min"]), shown(rows[f"{field}_max"])) if has_extremes else (ys, ys)
             if mark_outside and chart.bands:
-                # The extremes that break a band (one mark where a raw reading is both); the mean
-                # where neither does (a danger zone between a bucket's min and max).
-                low_out, high_out, mean_out = (outside(chart.bands, v) for v in (lows, highs, ys))
-                high_out &= ~(low_out & (lows == highs))
-                mean_out &= ~(low_out | high_out)
+                # One mark a point (a bucket, or a raw reading): of its min and max the one further
+                # out of range; its mean where neither is out (a danger zone between the two).
+                # assets/live.js marks live buckets by the same rule.
+                low_d, high_d, mean_d = (out_depth(chart.bands, v) for v in (lows, highs, ys))
+                high_out = (high_d >= 0) & (high_d >= low_d)
+                low_out = (low_d >= 0) & ~high_out
+                mean_out = (mean_d >= 0) & (low_d < 0) & (high_d < 0)
                 for marked, values in ((low_out, lows), (high_out, highs), (mean_out, ys)):
                     outside_x += np.asarray(xs)[marked].tolist()
                     outside_y += values[marked].tolist()
@@ -266,15 +270,18 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r}, {g}, {b}, {alpha})"
 
 
-def outside(bands, values: np.ndarray) -> np.ndarray:
-    """Band.outside over a whole array: which values break any of the bands (calling it per value
-    cost more than the rest of a raw hour's figure)."""
-    out = np.zeros(len(values), dtype=bool)
+def out_depth(bands, values: np.ndarray) -> np.ndarray:
+    """How far each value is out of range: its distance to the nearest limit of the bands it
+    breaks (Band.outside), -1 where it breaks none. Over a whole array (calling Band.outside per
+    value cost more than the rest of a raw hour's figure)."""
+    out = np.full(len(values), -1.0)
     for band in bands:
         inside = np.ones(len(values), dtype=bool)
         if band.low is not None:
             inside &= values >= band.low
         if band.high is not None:
             inside &= values <= band.high
-        out |= inside if band.alert else ~inside
+        limits = [limit for limit in (band.low, band.high) if limit is not None]
+        distance = np.min([np.abs(values - limit) for limit in limits], axis=0) if limits else np.zeros(len(values))
+        out = np.where(inside if band.alert else ~inside, np.maximum(out, distance), out)
     return out

@@ -39,13 +39,9 @@ def interval_ms(services: Services) -> float:
     return 1000 / services.cfg.rate
 
 
-def live_bucket_ms(services: Services) -> int:
-    return services.cfg.live_window_s * 1000 // services.cfg.live_buckets
-
-
 def live_aggregates(services: Services) -> bool:
     """Whether a live bucket holds several readings of a series: its envelope is then drawn."""
-    return interval_ms(services) < live_bucket_ms(services)
+    return interval_ms(services) < services.cfg.live_bucket_ms
 
 
 def live_config(services: Services) -> dict:
@@ -60,8 +56,9 @@ def live_config(services: Services) -> dict:
         "cards": cards.CARD_FIELDS,
         "windowMs": services.cfg.live_window_s * 1000,
         # The gap rule of figures.py for live points: raw at RATE, or bucketed to the live buckets.
-        "gapMs": gap_threshold_ms(interval_ms(services), live_bucket_ms(services)),
+        "gapMs": gap_threshold_ms(interval_ms(services), services.cfg.live_bucket_ms),
         "staleMs": cards.stale_after_ms(interval_ms(services)),
+        "bucketMs": services.cfg.live_bucket_ms,
         "limits": limits,
         "outsideMeta": OUTSIDE_ID,
     }
@@ -100,14 +97,18 @@ def register(app, services: Services) -> None:
             raise PreventUpdate from None
         set_props("notice", {"children": ""})
         live = choice == "live"
-        # Live charts are drawn at one bucket per pixel column (LIVE_BUCKETS); so is their history.
-        points = cfg.live_buckets if live else cfg.live_max_points
-        snap = history.snapshot(services.store, services.ring, services.health, start, end, points, with_ring=live)
+        # Live charts are drawn at one bucket per pixel column (LIVE_BUCKETS); so is their history,
+        # in the live stream's own buckets (LIVE_BUCKETS + 1 points: the store cuts the window
+        # into buckets of exactly cfg.live_bucket_ms).
+        aggregates = live and live_aggregates(services)
+        points = cfg.live_buckets + 1 if live else cfg.live_max_points
+        snap = history.snapshot(services.store, services.ring, services.health, start, end, points, with_ring=live,
+                                live_bucket_ms=cfg.live_bucket_ms if aggregates else 0)
         note = "store unreachable: showing live points only" if snap.error else None
         step = bucket_ms(start, end, points)
         figures = {
             c.id: line_figure(c, snap.frames[c.topic], note, span=None if live else (start, end), interval_ms=interval_ms(services),
-                              bucket_ms=step, mark_outside=True, live_envelopes=live and live_aggregates(services))
+                              bucket_ms=step, mark_outside=True, live_envelopes=aggregates)
             for c in CHARTS
         }
         shown_range = {"start": start, "end": end, "points": points, "live": live, "choice": choice}

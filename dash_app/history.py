@@ -41,8 +41,11 @@ def topic_range(store: Store, spec: Topic, start_ms: int, end_ms: int, max_point
     return _ms(store.range(spec, start_ms, end_ms, max_points))
 
 
-def snapshot(store: Store, ring: Ring, health: Health, start_ms: int, end_ms: int, max_points: int, with_ring: bool) -> Snapshot:
-    """History of every topic for [start, end); `with_ring` adds the ring's newer points."""
+def snapshot(
+    store: Store, ring: Ring, health: Health, start_ms: int, end_ms: int, max_points: int, with_ring: bool, live_bucket_ms: int = 0,
+) -> Snapshot:
+    """History of every topic for [start, end); `with_ring` adds the ring's newer points;
+    `live_bucket_ms` > 0 cuts raw rows into the live stream's buckets (live_buckets)."""
     ring_rows, head = ring.snapshot()
     ring_frames = {
         spec.name: pd.DataFrame(ring_rows.get(spec.name, []), columns=list(spec.series_columns))
@@ -68,8 +71,29 @@ def snapshot(store: Store, ring: Ring, health: Health, start_ms: int, end_ms: in
             live = live[live["ts"] > live[spec.key].map(last).fillna(-1)]
         merged = pd.concat([f for f in (stored, live) if not f.empty] or [stored])
         # The ring may hold a point twice (the feed re-reads from its last point after a rebalance).
-        frames[spec.name] = merged.drop_duplicates(["ts", spec.key], keep="last").sort_values("ts", kind="stable")
+        merged = merged.drop_duplicates(["ts", spec.key], keep="last").sort_values("ts", kind="stable")
+        frames[spec.name] = live_buckets(merged, spec, live_bucket_ms) if live_bucket_ms else merged
     return Snapshot(frames, f"{ring.epoch}:{head}", ring_frames, error)
+
+
+def live_buckets(frame: pd.DataFrame, spec: Topic, width_ms: int) -> pd.DataFrame:
+    """`frame`'s raw rows cut into buckets as the live stream (dash_app.live.Buckets) cuts them:
+    per bucket and series its last reading, at its own time, and each field's lowest and highest
+    (`<field>_min`, `<field>_max`). Rows that are a store's buckets already stay as they are.
+
+    Without it, a live window that the store still returns raw (a young store, the ring's newest
+    points) would be drawn raw until it leaves the window: far more points than pixel columns."""
+    extremes = [f"{f}_{end}" for f in spec.numeric for end in ("min", "max")]
+    raw = frame[frame[extremes].isna().all(axis=1)] if set(extremes) <= set(frame.columns) else frame
+    if raw.empty:
+        return frame
+    groups = raw.groupby([raw[spec.key], (raw["ts"] // width_ms).rename("bucket")], sort=False)
+    cut = groups[["ts", *spec.numeric]].last()
+    for f in spec.numeric:
+        cut[f"{f}_min"], cut[f"{f}_max"] = groups[f].min(), groups[f].max()
+    cut = cut.reset_index(level=0).reset_index(drop=True)
+    stored = frame.drop(raw.index)
+    return pd.concat([f for f in (stored, cut) if not f.empty]).sort_values("ts", kind="stable").reset_index(drop=True)
 
 
 def _await_store(store: Store, ring_frames: dict[str, pd.DataFrame]) -> None:

@@ -159,6 +159,12 @@ class Config(BaseSettings):
         return names | {"127.0.0.1", "localhost", "::1", self.dash_host.lower()}
 
     @property
+    def live_bucket_ms(self) -> int:
+        """Width of a live bucket: the live window cut into LIVE_BUCKETS, rounded up to a whole
+        millisecond (as the stores' bucket_ms cuts a window into LIVE_BUCKETS + 1 points)."""
+        return -(-self.live_window_s * 1000 // self.live_buckets)
+
+    @property
     def kafka_client_properties(self) -> dict[str, str]:
         return client_properties(self.kafka_client_config)
 

@@ -126,7 +126,7 @@ def test_fast_series_are_drawn_as_each_buckets_last_reading_over_its_envelope(da
     wait_for(lambda: time.time() * 1000 > start + 8000, 15, "8 s of live buckets")
     end = int(time.time() * 1000) - 1000  # the open bucket is still provisional
     drawn = {key: (xs, ys) for key, xs, ys in duo.driver.execute_script(TRACES)}
-    width = services.cfg.live_window_s * 1000 // services.cfg.live_buckets
+    width = services.cfg.live_bucket_ms
     charts = {c.id: c for c in CHARTS}
     series = [k for k in drawn if " !" not in k]  # lines, not envelopes
     with open_store(services.cfg.store_url) as store:

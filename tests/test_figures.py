@@ -19,7 +19,7 @@ from dash_app.figures import (
     envelope_shape,
     gap_threshold_ms,
     line_figure,
-    outside,
+    out_depth,
     series_threshold_ms,
     with_gaps,
 )
@@ -210,11 +210,23 @@ def test_the_envelope_is_in_the_charts_unit():
     assert envelope_of(fig, "d|memory_total").y.tolist() == [16.0] * 4
 
 
-def test_outside_over_an_array_agrees_with_band_outside():
+def test_out_depth_over_an_array_agrees_with_band_outside():
     values = np.array([-5.0, 17.9, 18.0, 22.0, 26.0, 26.1, 89.9, 90.0, 95.0])
     for bands in ((Band(18, 26, "comfort"),), (Band(90, None, "hot", alert=True),), (Band(None, 0, "frost", alert=True), Band(None, 30, "x")),
                   (Band(20, 25, "zone", alert=True),)):
-        assert outside(bands, values).tolist() == [any(b.outside(v) for b in bands) for v in values], bands
+        assert (out_depth(bands, values) >= 0).tolist() == [any(b.outside(v) for b in bands) for v in values], bands
+    assert out_depth((Band(18, 26, "comfort"),), np.array([15.0, 20.0, 27.0])).tolist() == [3.0, -1.0, 1.0]
+
+
+def test_a_bucket_is_marked_once_at_its_reading_furthest_out_of_range():
+    xs = [T0, T0 + 60_000, T0 + 120_000]
+    frame = pd.DataFrame({"ts": xs, "device": "d", "cpu_percent": [95.0, 50.0, 89.0], "cpu_percent_min": [92.0, 10.0, 80.0],
+                          "cpu_percent_max": [100.0, 91.0, 99.0], "memory_used": 1.0, "memory_used_min": 1.0, "memory_used_max": 1.0,
+                          "memory_total": 2.0, "memory_total_min": 2.0, "memory_total_max": 2.0})
+    fig = line_figure(CHART["cpu"], frame, span=(T0, T0 + 86_400_000), bucket_ms=60_000, mark_outside=True)
+    marks = next(t for t in fig.data if t.name == OUTSIDE)
+    # Above 90 %: the first bucket at its max only (its min and mean are above too), the others at their max.
+    assert list(zip(marks.x, marks.y)) == [(xs[0], 100.0), (xs[1], 91.0), (xs[2], 99.0)]
 
 
 def test_stale_after_several_intervals_but_never_sooner_than_the_floor():

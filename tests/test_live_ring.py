@@ -1,10 +1,15 @@
-"""The ring buffer behind the live websocket: cursors, gaps and epochs."""
+"""The ring buffer behind the live websocket: cursors, gaps and epochs; the live buckets."""
+import math
 import threading
 
+import pandas as pd
 import pytest
 
 from dash_app.app import same_origin
+from dash_app.figures import envelope_path
+from dash_app.history import live_buckets
 from dash_app.live import Buckets, Gap, Ring
+from pipeline.schema import TOPICS
 
 
 def test_since_returns_rows_after_the_cursor_grouped_by_topic():
@@ -75,6 +80,17 @@ def test_buckets_keep_each_buckets_last_reading_and_envelope_with_a_provisional_
     # An odd bucket goes high first: the envelope runs along the top from one bucket to the next.
     frame = buckets.add({"temperature": [[1700, "k", 23.0]]})
     assert frame["temperature"]["!envelope|k|value"] == [[1500] * 2, [23.0, 22.0], 2]
+
+
+def test_a_live_windows_raw_history_is_cut_into_the_streams_buckets():
+    spec = TOPICS["temperature"]
+    rows = [[1000 + 37 * i, "k", 20 + (i * 7919 % 13) / 4] for i in range(200)]  # 7.4 s of readings 37 ms apart
+    stream = Buckets(500).add({"temperature": rows})["temperature"]
+    frame = live_buckets(pd.DataFrame(rows, columns=list(spec.series_columns)), spec, 500)
+    # The same line points and the same envelope as the stream draws for these readings.
+    assert [frame["ts"].tolist(), frame["value"].tolist()] == stream["k|value"][:2]
+    assert list(envelope_path(frame["ts"], frame["value_min"], frame["value_max"], 500, math.inf)) == stream["!envelope|k|value"][:2]
+    assert live_buckets(frame, spec, 500).equals(frame)  # buckets stay buckets
 
 
 def test_slow_series_stay_raw_and_each_field_is_its_own_trace():
