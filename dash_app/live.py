@@ -106,7 +106,9 @@ class LiveFeed(threading.Thread):
     `run all` renews the embedded broker now and then (pipeline/supervisor.py): a new one starts
     beside the old, producers move to it, and RUN_DIR/broker.address names it. The feed then
     reads the new broker from its beginning (it holds only readings since the renewal) while it
-    finishes the old one for DRAIN_S; points seen twice are harmless (see Buckets).
+    finishes the old one for DRAIN_S; points seen twice are harmless (see Buckets). Joining its
+    group on the new broker takes seconds (DESIGN.md), so until it has, a bridge consumer reads
+    the new broker's partitions by assign(), and the group takes over from the bridge's positions.
     """
 
     FOLLOW_S = 0.5  # how often the feed looks for a renewed broker
@@ -119,6 +121,7 @@ class LiveFeed(threading.Thread):
         self.ready = threading.Event()  # set once the first assignment is positioned
         self.resume_ms = int(time.time() * 1000) - START_MARGIN_MS
         self.skipped = 0  # invalid messages: the store writers dead-letter them, we just skip
+        self.bridge = None  # reads a renewed broker until the feed's group there is assigned
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
@@ -126,17 +129,42 @@ class LiveFeed(threading.Thread):
                 log.warning("broker unreachable: %s", err.str())
             self.health.broker_ok = False
 
-    def _subscribe(self, address: str, from_start: bool):
-        consumer = kafka.consumer(
-            self.cfg, kafka.unique_group("dashboard"), "dashboard-live", offset_reset="earliest" if from_start else "latest",
-            on_error=self._on_error, bootstrap=address,
+    def _consumer(self, group: str, address: str, offset_reset: str):
+        return kafka.consumer(
+            self.cfg, group, "dashboard-live", offset_reset=offset_reset, on_error=self._on_error, bootstrap=address,
             # The embedded broker answers an empty fetch only when part of its wait has passed,
             # not when data arrives: 20 ms gave p50 7 / max 14 ms broker to feed, 50 ms p50 19 / max 29.
             overrides={"fetch.wait.max.ms": 20},
         )
+
+    def _subscribe(self, address: str, from_start: bool):
+        consumer = self._consumer(kafka.unique_group("dashboard"), address, "earliest" if from_start else "latest")
         consumer.subscribe(list(TOPICS), on_assign=lambda c, parts: self._on_assign(c, parts, from_start))
         log.info("live feed consuming %s from %s", ", ".join(TOPICS), address)
         return consumer
+
+    def _open_bridge(self, address: str) -> None:
+        """Read a renewed broker's partitions from the beginning at once (assign() needs no join)."""
+        bridge = self._consumer("dashboard-bridge", address, "earliest")  # never joins nor commits
+        try:
+            topics = bridge.list_topics(timeout=2).topics
+            bridge.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in TOPICS if t in topics for p in topics[t].partitions])
+            self.bridge = bridge
+        except KafkaException as exc:
+            log.warning("cannot read %s before the live feed's group joins it (%s)", address, exc)
+            bridge.close()
+
+    def _close_bridge(self) -> dict[tuple[str, int], int]:
+        """Close the bridge; where it got to in each partition (the next offset to read)."""
+        if self.bridge is None:
+            return {}
+        try:
+            done = {(p.topic, p.partition): p.offset for p in self.bridge.position(self.bridge.assignment()) if p.offset >= 0}
+        except KafkaException:
+            done = {}
+        self.bridge.close()
+        self.bridge = None
+        return done
 
     def run(self) -> None:
         address = current_address(self.cfg)
@@ -149,7 +177,7 @@ class LiveFeed(threading.Thread):
                 # lone reading goes straight on instead of waiting out a batch timeout.
                 first = consumer.poll(0.02 if leaving else 0.1)
                 messages = [first, *consumer.consume(num_messages=10_000, timeout=0)] if first else []
-                for old, _ in leaving:
+                for old in [*(old for old, _ in leaving), *([self.bridge] if self.bridge else [])]:
                     messages += old.consume(num_messages=10_000, timeout=0)
                 batch = self._rows(messages)
                 if batch:
@@ -167,8 +195,11 @@ class LiveFeed(threading.Thread):
                     if renewed != address:
                         log.info("the embedded broker moved to %s; following it", renewed)
                         leaving.append((consumer, time.monotonic() + self.DRAIN_S))
+                        self._close_bridge()  # of a broker renewed again before the group joined it
+                        self._open_bridge(renewed)
                         address, consumer = renewed, self._subscribe(renewed, from_start=True)
         finally:
+            self._close_bridge()
             for c in [consumer, *(old for old, _ in leaving)]:
                 c.close()
 
@@ -196,8 +227,9 @@ class LiveFeed(threading.Thread):
 
     def _on_assign(self, consumer, partitions, from_start: bool) -> None:
         if from_start:  # a renewed broker holds only what came after the renewal: read it all
+            done = self._close_bridge()  # from where the bridge got to
             for p in partitions:
-                p.offset = OFFSET_BEGINNING
+                p.offset = done.get((p.topic, p.partition), OFFSET_BEGINNING)
         else:
             try:
                 found = consumer.offsets_for_times([TopicPartition(p.topic, p.partition, self.resume_ms) for p in partitions], timeout=5)
