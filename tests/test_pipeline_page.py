@@ -66,6 +66,12 @@ def members(duo, group: str) -> list[dict]:
     return [m for m in duo.driver.execute_script(MEMBERS) if m["group"] == group]
 
 
+def texts(duo, selector: str) -> list[str]:
+    """The textContent of every element matching `selector`, read in the page at one instant
+    (textContent, not Selenium's .text, which is empty for a row scrolled out of its table's box)."""
+    return duo.driver.execute_script("return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent)", selector)
+
+
 def split_covers_all(found: list[dict], count: int, partitions: int) -> bool:
     owned = [set(m["partitions"]) for m in found]
     union = set().union(*owned) if owned else set()
@@ -91,7 +97,9 @@ def test_pipeline_page_shows_topics_groups_a_rebalance_and_dead_letters(dash_duo
         group = "store-writer.temperature"
         wait_for(lambda: split_covers_all(members(duo, group), 1, partitions), 20, "one writer owning every partition")
         (first,) = members(duo, group)
-        assert "Stable" in duo.find_element(f'.group[data-group="{group}"] h3').text
+        # Read in the page, not through an element handle: the page re-renders every poll, and a
+        # handle taken just before can be stale by the time its text is read.
+        wait_for(lambda: "Stable" in "".join(texts(duo, f'.group[data-group="{group}"] h3')), 10, "the group Stable")
 
         # A second writer, as in the README: it appears as a second member; the partitions are split.
         started = time.monotonic()
@@ -123,9 +131,7 @@ def test_pipeline_page_shows_topics_groups_a_rebalance_and_dead_letters(dash_duo
         producer.produce("temperature", key=b"kitchen", value=bad)
         assert producer.flush(10) == 0
         del producer  # no reconnect attempts logged once the fixture stops the broker
-        # textContent, not .text: Selenium's .text is empty for a row scrolled out of its table's box.
-        wait_for(lambda: any(str(refused.value) in row.get_attribute("textContent")
-                             for row in duo.find_elements('tr.dead-letter[data-topic="temperature"]')),
+        wait_for(lambda: any(str(refused.value) in text for text in texts(duo, 'tr.dead-letter[data-topic="temperature"]')),
                  60, "the dead letter on the page")
         assert duo.get_logs() == [], "browser console errors"
         # The sensor page still works beside it, reached through the shared navigation.
