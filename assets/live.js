@@ -67,10 +67,10 @@
    * one a bucket as dash_app/figures.py marks history: of an envelope's low and high, the one
    * further out of range (its bucket start goes into `marked`); a line point only where its
    * bucket has no such mark (a raw reading, or a danger zone between a bucket's low and high). */
-  function addOutside(marks, points, scale, bands, envelope, marked, bucketMs) {
+  function addOutside(marks, sid, points, scale, bands, envelope, marked, bucketMs) {
     if (!bands) return;
     const [xs, ys] = points;
-    const mark = (x, v) => { marks[0].push(x); marks[1].push(v); };
+    const mark = (x, v) => { marks[0].push(x); marks[1].push(v); marks[2].push(sid); };
     if (envelope) {
       for (let k = 0; k + 1 < xs.length; k++) {
         if (ys[k] === null || ys[k + 1] === null || xs[k] !== xs[k + 1]) continue; // a break
@@ -87,18 +87,24 @@
     });
   }
 
-  /* The markers trace of out-of-band points with `marks` added and what left the live window
-   * dropped. It holds several series, so it is filtered, not cut; an open bucket's points come
-   * again in later frames, so a point already marked is not marked twice. */
-  function withMarks(trace, marks, cutoff) {
-    const x = [], y = [], seen = new Set();
+  /* The markers trace of out-of-band points (`customdata`: each mark's series) with `marks`
+   * added and what left the live window dropped. A series' marks from its bucket that was
+   * still open (`reopened`: series -> that bucket's start) are replaced: the frame brings that
+   * bucket again, final or still open. Otherwise a point already marked (the history overlaps a
+   * new connection's first frame) is not marked twice. */
+  function withMarks(trace, marks, reopened, cutoff) {
+    const x = [], y = [], of = [], seen = new Set();
+    const add = (t, v, sid) => {
+      if (t < cutoff || seen.has(sid + " " + t + " " + v)) return;
+      x.push(t); y.push(v); of.push(sid); seen.add(sid + " " + t + " " + v);
+    };
+    const sids = trace.customdata || [];
     trace.x.forEach((t, k) => {
-      if (t >= cutoff) { x.push(t); y.push(trace.y[k]); seen.add(t + " " + trace.y[k]); }
+      const from = reopened[sids[k]];
+      if (from === undefined || t < from) add(t, trace.y[k], sids[k]);
     });
-    marks[0].forEach((t, k) => {
-      if (t >= cutoff && !seen.has(t + " " + marks[1][k])) { x.push(t); y.push(marks[1][k]); seen.add(t + " " + marks[1][k]); }
-    });
-    return Object.assign({}, trace, { x: x, y: y });
+    marks[0].forEach((t, k) => add(t, marks[1][k], marks[2][k]));
+    return Object.assign({}, trace, { x: x, y: y, customdata: of });
   }
 
   /* Draw one frame's traces into the charts; null where a chart has nothing new. */
@@ -113,8 +119,9 @@
       figure.data.forEach((trace, i) => { index[trace.meta] = i; });
       const chartTails = tails[chartIds[c]] || (tails[chartIds[c]] = {});
       let data = null;
-      const marks = [[], []]; // points out of a band: xs, ys (in the chart's unit)
+      const marks = [[], [], []]; // points out of a band: xs, ys (in the chart's unit), series
       const marked = {}; // series -> the buckets its envelope marked in this frame
+      const reopened = {}; // series -> start of its bucket that was open before this frame
       // Envelopes ("!envelope|key|field") before lines: a line point's mark depends on its bucket's.
       for (const [meta, points] of Object.entries(series).sort(([a], [b]) => (a < b ? -1 : 1))) {
         const envelope = meta.startsWith("!");
@@ -126,13 +133,14 @@
         // the live buckets aggregate (the figure then has one for every series).
         if (i === undefined) { unknown = unknown || !envelope; continue; }
         data = data || figure.data.slice();
+        if (!envelope && chartTails[i]) reopened[meta] = Math.floor(data[i].x[data[i].x.length - 1] / config.bucketMs) * config.bucketMs;
         [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, config.gapMs, chart.scale);
         const sid = envelope ? meta.slice(meta.indexOf("|") + 1) : meta;
-        addOutside(marks, points, chart.scale, config.limits[chart.topic + "|" + field], envelope,
+        addOutside(marks, sid, points, chart.scale, config.limits[chart.topic + "|" + field], envelope,
           marked[sid] || (marked[sid] = new Set()), config.bucketMs);
       }
       const m = index[config.outsideMeta];
-      if (marks[0].length && m !== undefined) data[m] = withMarks(data[m], marks, cutoff);
+      if ((marks[0].length || Object.keys(reopened).length) && m !== undefined) data[m] = withMarks(data[m], marks, reopened, cutoff);
       return data && Object.assign({}, figure, { data: data });
     });
     return { figures: out, unknown: unknown };

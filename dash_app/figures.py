@@ -165,6 +165,7 @@ def line_figure(
     fig = go.Figure()
     outside_x: list[int] = []
     outside_y: list[float] = []
+    outside_of: list[str] = []  # each mark's series: assets/live.js replaces an open bucket's
     has_extremes = all(f"{f}_min" in frame and f"{f}_max" in frame for f in chart.fields)
     envelope = span is not None and has_extremes
 
@@ -193,6 +194,7 @@ def line_figure(
                 for marked, values in ((low_out, lows), (high_out, highs), (mean_out, ys)):
                     outside_x += np.asarray(xs)[marked].tolist()
                     outside_y += values[marked].tolist()
+                    outside_of += [sid] * int(marked.sum())
             hover, customdata = None, None
             if live_envelopes and span is None:
                 ex, ey = envelope_path(xs, lows.tolist(), highs.tolist(), bucket_ms, threshold) if has_extremes else ([], [])
@@ -224,7 +226,7 @@ def line_figure(
     empty = not fig.data
     if outside_x or (mark_outside and chart.bands and span is None):  # live: one to extend, even if empty
         fig.add_trace(go.Scatter(
-            x=outside_x, y=outside_y, name=OUTSIDE, mode="markers", meta=OUTSIDE_ID,
+            x=outside_x, y=outside_y, customdata=outside_of, name=OUTSIDE, mode="markers", meta=OUTSIDE_ID,
             marker={"color": "#d9480f", "size": 5, "symbol": "circle-open"}, hoverinfo="x+y",
         ))
     fig.update_layout(
