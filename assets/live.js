@@ -82,7 +82,7 @@
       return;
     }
     xs.forEach((x, k) => {
-      if (ys[k] === null || marked.has(Math.floor(x / bucketMs) * bucketMs)) return;
+      if (ys[k] === null || marked.has(bucketStart(x, bucketMs))) return;
       if (outDepth(bands, ys[k] * scale) >= 0) mark(x, ys[k] * scale);
     });
   }
@@ -133,7 +133,7 @@
         // the live buckets aggregate (the figure then has one for every series).
         if (i === undefined) { unknown = unknown || !envelope; continue; }
         data = data || figure.data.slice();
-        if (!envelope && chartTails[i]) reopened[meta] = Math.floor(data[i].x[data[i].x.length - 1] / config.bucketMs) * config.bucketMs;
+        if (!envelope && chartTails[i]) reopened[meta] = bucketStart(data[i].x[data[i].x.length - 1], config.bucketMs);
         [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, config.gapMs, chart.scale);
         const sid = envelope ? meta.slice(meta.indexOf("|") + 1) : meta;
         addOutside(marks, sid, points, chart.scale, config.limits[chart.topic + "|" + field], envelope,
@@ -251,6 +251,11 @@
       }
     }
     return broken.join(" · ");
+  }
+
+  /* The start of the live bucket that time `t` falls in (dash_app/live.py's Buckets). */
+  function bucketStart(t, bucketMs) {
+    return Math.floor(t / bucketMs) * bucketMs;
   }
 
   /* How far a value in the chart's unit is out of range: its distance to the nearest limit of

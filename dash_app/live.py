@@ -177,8 +177,8 @@ class LiveFeed(threading.Thread):
                 # lone reading goes straight on instead of waiting out a batch timeout.
                 first = consumer.poll(0.02 if leaving else 0.1)
                 messages = [first, *consumer.consume(num_messages=10_000, timeout=0)] if first else []
-                for old in [*(old for old, _ in leaving), *([self.bridge] if self.bridge else [])]:
-                    messages += old.consume(num_messages=10_000, timeout=0)
+                for other in [*(old for old, _ in leaving), *([self.bridge] if self.bridge else [])]:
+                    messages += other.consume(num_messages=10_000, timeout=0)
                 batch = self._rows(messages)
                 if batch:
                     self.ring.extend(batch)

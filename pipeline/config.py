@@ -160,9 +160,11 @@ class Config(BaseSettings):
 
     @property
     def live_bucket_ms(self) -> int:
-        """Width of a live bucket: the live window cut into LIVE_BUCKETS, rounded up to a whole
-        millisecond (as the stores' bucket_ms cuts a window into LIVE_BUCKETS + 1 points)."""
-        return -(-self.live_window_s * 1000 // self.live_buckets)
+        """Width of a live bucket: the live window cut as a store cuts it into LIVE_BUCKETS + 1
+        points, so a live history read with that many points comes in exactly these buckets."""
+        from pipeline.store.base import bucket_ms  # here: only the dashboard asks, and it has pandas
+
+        return bucket_ms(0, self.live_window_s * 1000, self.live_buckets + 1)
 
     @property
     def kafka_client_properties(self) -> dict[str, str]:
