@@ -108,10 +108,10 @@ def dispatch(args: argparse.Namespace, cfg: config.Config, stop) -> int:
         return 0
     if args.command == "consumer":
         from pipeline import writer
-        from pipeline.store import open_store
+        from pipeline.write_behind import WriteBehind
 
-        with open_store(cfg.store_url, cfg.questdb_pg_url) as store:
-            writer.run(cfg, TOPICS[args.topic], store, stop)
+        with WriteBehind(cfg.store_url, cfg.questdb_pg_url) as writes:
+            writer.run(cfg, TOPICS[args.topic], writes, stop)
         return 0
     if args.command == "broker":
         broker = EmbeddedBroker(cfg)

@@ -19,6 +19,10 @@ messages are kept as consumed, their values and keys are taken out with C-level 
 `schema.validate_batch` decodes and checks them all at once (msgspec) into the columns the store
 writes (`schema.Batch`). Only messages it refuses are looked at one by one, by the same
 validator as before, which gives the dead-letter reason.
+
+The store write itself runs in a process of its own (`pipeline.write_behind`), one batch at a
+time: while it writes one batch, this process consumes and validates the next, and commits the
+first once its write has succeeded. A stop or a revoke waits for the write in flight.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, Message, TopicPartition
 
@@ -33,19 +38,33 @@ from pipeline import kafka
 from pipeline.config import Config
 from pipeline.daemon import Every, backoff
 from pipeline.schema import Batch, Topic, validate_batch
-from pipeline.store import Store, StoreUnavailable
+from pipeline.store import StoreUnavailable
+from pipeline.write_behind import Finished, Write, Writes
 
 REPORT_S = 10.0
 WRITER_FETCH = {"fetch.wait.max.ms": 500, "fetch.min.bytes": 65536}
+# A write that takes longer than this is waited for with the partitions paused, polling Kafka,
+# so a slow store does not get the writer evicted from its group (max.poll.interval.ms).
+QUICK_WRITE_S = 1.0
 
 
 def group_id(spec: Topic) -> str:
     return f"store-writer.{spec.name}"
 
 
+@dataclass(eq=False)
+class Flight:
+    """A validated batch on its way to the store; its offsets are committed once it is written."""
+
+    batch: Batch
+    dead: list[tuple[bytes | None, bytes | None, list]]  # (key, value, headers), sent before the write
+    offsets: dict[int, int]  # partition -> next offset to commit
+    write: Write | None = None  # its write, once started
+
+
 class StoreWriter:
-    def __init__(self, cfg: Config, spec: Topic, store: Store, stop: threading.Event):
-        self.cfg, self.spec, self.store, self.stop = cfg, spec, store, stop
+    def __init__(self, cfg: Config, spec: Topic, writes: Writes, stop: threading.Event):
+        self.cfg, self.spec, self.writes, self.stop = cfg, spec, writes, stop
         self.log = logging.getLogger(f"writer.{spec.name}")
         overrides = dict(WRITER_FETCH)
         max_poll_ms = cfg.writer_max_poll_interval_ms
@@ -54,9 +73,8 @@ class StoreWriter:
         self.consumer = kafka.consumer(cfg, group_id(spec), f"writer-{spec.name}", offset_reset="earliest", overrides=overrides)
         self.dlq = kafka.producer(cfg, f"writer-{spec.name}-dlq")
         self.pending: list[Message] = []  # consumed, not yet validated
-        self.batch: Batch | None = None  # the valid readings of what was pending, as columns
-        self.dead: list[tuple[bytes | None, bytes | None, list]] = []  # (key, value, headers)
-        self.offsets: dict[int, int] = {}  # partition -> next offset to commit
+        self.offsets: dict[int, int] = {}  # partition -> next offset to commit, of what is pending
+        self.flight: Flight | None = None  # the batch being written, at most one
         self.first_pending = 0.0
         self.stats = {"rows": 0, "batches": 0, "dead": 0}
         self.dead_reasons: Counter[str] = Counter()  # dead letters since the last report, by reason
@@ -67,7 +85,7 @@ class StoreWriter:
     def run(self) -> None:
         self._wait_for_store()
         self.consumer.subscribe([self.spec.name], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self.log.info("consuming %s as group %s into %s", self.spec.name, group_id(self.spec), type(self.store).__name__)
+        self.log.info("consuming %s as group %s", self.spec.name, group_id(self.spec))
         report = Every(REPORT_S)
         reported = dict(self.stats)
         flush_s = self.cfg.writer_flush_ms / 1000
@@ -76,6 +94,8 @@ class StoreWriter:
             self._take(self.consumer.consume(num_messages=max(1, room), timeout=0.1))
             if self.offsets and (room <= 0 or time.monotonic() - self.first_pending >= flush_s):
                 self._flush(retry=True)
+            elif self.flight is not None and self.flight.write.done():  # commit a finished write at once
+                self._land(retry=True)
             elapsed = report()
             if elapsed:
                 rows, batches, dead = (self.stats[k] - reported[k] for k in ("rows", "batches", "dead"))
@@ -85,8 +105,7 @@ class StoreWriter:
                 )
                 reported = dict(self.stats)
                 self._report_dead(elapsed)
-        if self.offsets:
-            self._flush(retry=False)
+        self._drain(retry=False)
         self._report_dead(None)
         self.consumer.close()  # leaves the group at once, so the others take over without waiting
         self.log.info("stopped: %d rows written, %d dead-lettered", self.stats["rows"], self.stats["dead"])
@@ -109,22 +128,24 @@ class StoreWriter:
         for p, offset in dict(zip(map(Message.partition, msgs), map(Message.offset, msgs))).items():
             self.offsets[p] = offset + 1
 
-    def _validate(self) -> None:
-        """Pending messages -> the batch's columns and its dead letters (validated once, at flush)."""
+    def _validate(self) -> Flight:
+        """Pending messages -> a flight: the batch's columns, its dead letters and its offsets."""
         msgs, self.pending = self.pending, []
-        # A flush ends with the batch written and committed or forgotten, so none is held here.
-        self.batch, rejected = validate_batch(self.spec, list(map(Message.value, msgs)), list(map(Message.key, msgs)), int(time.time() * 1000))
+        offsets, self.offsets = self.offsets, {}
+        batch, rejected = validate_batch(self.spec, list(map(Message.value, msgs)), list(map(Message.key, msgs)), int(time.time() * 1000))
+        dead = []
         for i, reason in rejected:
             msg = msgs[i]
             headers = list(msg.headers() or []) + [
                 ("error", reason.encode()),
                 ("source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
             ]
-            self.dead.append((msg.key(), msg.value(), headers))
+            dead.append((msg.key(), msg.value(), headers))
             short = ": ".join(reason.split(": ")[:2])[:80]  # the field and the kind of fault, without the detail
             if not self.dead_reasons:  # the first of each interval in full; the rest are counted
                 self.log.warning("dead-lettering %s/%d@%d: %s", msg.topic(), msg.partition(), msg.offset(), reason)
             self.dead_reasons[short] += 1
+        return Flight(batch, dead, offsets)
 
     def _report_dead(self, elapsed: float | None) -> None:
         """One line for the dead letters of the interval, counted by reason."""
@@ -138,21 +159,57 @@ class StoreWriter:
         self.dead_reasons.clear()
 
     # -- write, then commit -------------------------------------------------------------------
-    def _flush(self, retry: bool) -> bool:
-        """Write pending readings and dead letters, then commit. False if it had to give up."""
-        if self.pending:
-            self._validate()
-        attempt = 0
+    # A batch is validated while the one before it is written (in the write process, see
+    # pipeline.write_behind). It is sent once that one is written, and before that one's offsets
+    # are committed, so the commit's round trip to the broker overlaps its write too.
+    def _flush(self, retry: bool) -> None:
+        """Validate what is pending and start writing it, once the batch in flight is written."""
+        flight = self._validate()
+        if self.flight is not None:
+            self._land(retry, then=flight)  # given up: the new batch is left uncommitted with the rest
+        else:
+            self.flight = flight
+            self._launch(flight)
+
+    def _drain(self, retry: bool) -> None:
+        """Write and commit everything held: the batch in flight and what is pending."""
+        if self.offsets:
+            self._flush(retry)
+        if self.flight is not None:
+            self._land(retry)
+
+    def _launch(self, flight: Flight) -> None:
+        """Send the flight's dead letters, then start its write."""
+        try:
+            self._deliver_dead_letters(flight)
+        except KafkaException as exc:
+            flight.write = Finished(exc)
+            return
+        flight.write = self.writes.submit(self.spec, flight.batch, int(time.time() * 1000)) if len(flight.batch) else Finished()
+
+    def _land(self, retry: bool, then: Flight | None = None) -> bool:
+        """Wait for the batch in flight to be written, launch `then`, and commit the written one.
+        False if it had to give up.
+
+        While the store is down the write is retried with the partitions paused (retry), or
+        given up and left uncommitted for redelivery, with whatever else is held (not retry:
+        on a stop or a revoke, which wait for the write without polling)."""
+        flight, attempt = self.flight, 0
         while True:
-            if attempt and not self.offsets:
-                return False  # revoked while waiting: the batch was handed back uncommitted
             try:
-                self._deliver_dead_letters()
-                if self.batch is not None and len(self.batch):
-                    self.store.write(self.spec, self.batch, int(time.time() * 1000))
+                if flight.write is None:
+                    self._launch(flight)
+                if retry:
+                    self._await(flight.write)
+                if self.flight is not flight:
+                    return False  # revoked while waiting: the revoke landed it or handed it back
+                flight.write.result()
                 break
             except (StoreUnavailable, KafkaException) as exc:
-                if not retry or self.stop.is_set() or not self.offsets:
+                flight.write = None
+                if self.flight is not flight:
+                    return False
+                if not retry or self.stop.is_set():
                     self.log.warning("giving up on %d pending messages, left uncommitted for redelivery: %s", self._held(), exc)
                     self._forget()
                     self._resume()
@@ -165,13 +222,22 @@ class StoreWriter:
         if attempt:
             self.log.info("write succeeded after %d retries", attempt)
         self._resume()
-        self.stats["rows"] += len(self.batch) if self.batch is not None else 0
+        self.stats["rows"] += len(flight.batch)
         self.stats["batches"] += 1
-        self._commit()
+        self.flight = then
+        if then is not None:
+            self._launch(then)
+        self._commit(flight.offsets)
         return True
 
-    def _wait_polling(self, seconds: float) -> None:
-        """Wait with the partitions paused while still polling, so the group keeps us."""
+    def _await(self, write: Write) -> None:
+        """Wait for a write; a slow one with the partitions paused, still polling so the group keeps us."""
+        if not write.wait(QUICK_WRITE_S):
+            while not write.done() and self.flight is not None:
+                self._wait_polling(0.5, until=write)
+
+    def _wait_polling(self, seconds: float, until: Write | None = None) -> None:
+        """Wait `seconds`, or until `until` is done, with the partitions paused while still polling."""
         if not self.paused:
             try:
                 self.paused = self.consumer.assignment()
@@ -179,8 +245,10 @@ class StoreWriter:
             except KafkaException as exc:
                 self.log.warning("could not pause partitions: %s", exc)
         deadline = time.monotonic() + seconds
-        while not self.stop.is_set() and self.offsets and (left := deadline - time.monotonic()) > 0:
-            for msg in self.consumer.consume(num_messages=1000, timeout=min(left, 0.5)):
+        while self.flight is not None and (left := deadline - time.monotonic()) > 0:
+            if until is None and self.stop.is_set() or until is not None and until.done():
+                return
+            for msg in self.consumer.consume(num_messages=1000, timeout=min(left, 0.1 if until else 0.5)):
                 if msg.error():
                     continue
                 # Prefetched before the pause: dropped now, read again after the seek.
@@ -200,8 +268,8 @@ class StoreWriter:
             self.log.warning("could not resume partitions: %s", exc)
         self.paused, self.dropped = [], {}
 
-    def _deliver_dead_letters(self) -> None:
-        if not self.dead:
+    def _deliver_dead_letters(self, flight: Flight) -> None:
+        if not flight.dead:
             return
         failures: list[str] = []
 
@@ -209,36 +277,35 @@ class StoreWriter:
             if err is not None:
                 failures.append(err.str())
 
-        for key, value, headers in self.dead:
+        for key, value, headers in flight.dead:
             self.dlq.produce(self.spec.dlq, key=key, value=value, headers=headers, on_delivery=delivered)
         left = self.dlq.flush(10)
         if failures or left:
             # Nothing is committed; the same dead letters are sent again on the retry.
             raise KafkaException(f"dead-letter topic {self.spec.dlq} did not take {len(failures) + left} messages: {failures[:1]}")
-        self.stats["dead"] += len(self.dead)
-        self.dead.clear()
+        self.stats["dead"] += len(flight.dead)
+        flight.dead = []
 
-    def _commit(self) -> None:
-        offsets = [TopicPartition(self.spec.name, p, o) for p, o in self.offsets.items()]
+    def _commit(self, offsets: dict[int, int]) -> None:
+        tps = [TopicPartition(self.spec.name, p, o) for p, o in offsets.items()]
         # The rows are stored either way; whoever owns a partition whose commit failed re-reads
         # them and the upsert makes that harmless. Each partition's result is checked.
         try:
-            results = self.consumer.commit(offsets=offsets, asynchronous=False) or []
+            results = self.consumer.commit(offsets=tps, asynchronous=False) or []
             failed = [f"{tp.partition}: {tp.error.str()}" for tp in results if tp.error is not None]
             if failed:
                 self.log.warning("commit failed for partitions %s; the next owner will re-read these rows", "; ".join(failed))
         except KafkaException as exc:
             self.log.warning("commit failed (%s); the next owner will re-read these rows", exc.args[0].str())
-        self._forget()
 
     def _held(self) -> int:
-        return len(self.pending) + (len(self.batch) if self.batch is not None else 0) + len(self.dead)
+        flight = self.flight
+        return len(self.pending) + (len(flight.batch) + len(flight.dead) if flight is not None else 0)
 
     def _forget(self) -> None:
         self.pending.clear()
-        self.batch = None
-        self.dead.clear()
         self.offsets.clear()
+        self.flight = None
 
     # -- group membership ---------------------------------------------------------------------
     def _on_assign(self, _consumer, partitions) -> None:
@@ -247,8 +314,7 @@ class StoreWriter:
     def _on_revoke(self, _consumer, partitions) -> None:
         # Finish what we hold before the partitions move; if the store is down, leave it
         # uncommitted for the next owner rather than block the rebalance.
-        if self.offsets:
-            self._flush(retry=False)
+        self._drain(retry=False)
         self.paused, self.dropped = [], {}
         self.log.info("revoked partitions %s", sorted(p.partition for p in partitions))
 
@@ -256,7 +322,7 @@ class StoreWriter:
         attempt = 0
         while not self.stop.is_set():
             try:
-                self.store.ensure_tables()
+                self.writes.ensure_tables()
                 return
             except StoreUnavailable as exc:
                 delay = backoff(attempt)
@@ -265,5 +331,5 @@ class StoreWriter:
                 self.stop.wait(delay)
 
 
-def run(cfg: Config, spec: Topic, store: Store, stop: threading.Event) -> None:
-    StoreWriter(cfg, spec, store, stop).run()
+def run(cfg: Config, spec: Topic, writes: Writes, stop: threading.Event) -> None:
+    StoreWriter(cfg, spec, writes, stop).run()

@@ -8,6 +8,7 @@ import time
 
 from pipeline.schema import TOPICS
 from pipeline.store import StoreUnavailable, open_store
+from pipeline.write_behind import InProcess
 from pipeline.writer import StoreWriter, group_id
 from tests.helpers import wait_for
 from tests.test_pipeline import committed, produce, readings
@@ -47,7 +48,7 @@ def test_writer_keeps_its_partitions_through_an_outage_longer_than_max_poll_inte
         store = FlakyStore(real)
         store.ensure_tables()
         stop = threading.Event()
-        writer = StoreWriter(cfg, T, store, stop)
+        writer = StoreWriter(cfg, T, InProcess(store), stop)
         thread = threading.Thread(target=writer.run)
         thread.start()
         try:
@@ -76,7 +77,7 @@ def test_dead_letters_are_summarised_per_interval(stack, broker, caplog):
     good = [(b"kitchen", json.dumps({"ts": int(time.time() * 1000) - i, "room": "kitchen", "value": 20.0, "unit": "°C"}).encode()) for i in range(1, 4)]
     with open_store(stack.store_url) as store:
         stop = threading.Event()
-        thread = threading.Thread(target=StoreWriter(stack.config(), T, store, stop).run)
+        thread = threading.Thread(target=StoreWriter(stack.config(), T, InProcess(store), stop).run)
         thread.start()
         try:
             produce(stack.bootstrap, "temperature", bad + good)
