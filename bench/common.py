@@ -68,6 +68,13 @@ def machine() -> dict:
     }
 
 
+def setting(env: str) -> int:
+    """An integer setting as the product's processes would read it: the environment's, else its default."""
+    from pipeline.config import SETTINGS
+
+    return int(os.environ.get(env) or next(s.default for s in SETTINGS if s.env == env))
+
+
 def write_result(name: str, metrics: dict, params: dict | None = None) -> Path:
     """Write bench/results/NAME.json atomically: {"name", "machine", "params", "metrics"}."""
     RESULTS.mkdir(parents=True, exist_ok=True)

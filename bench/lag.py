@@ -27,7 +27,7 @@ import re
 import statistics
 import time
 
-from bench.common import Offsets, cpu_seconds, percentile, print_table, questdb, temporary_stack, write_result
+from bench.common import Offsets, cpu_seconds, percentile, print_table, questdb, setting, temporary_stack, write_result
 from tests.helpers import stop_process
 
 TOPIC = "temperature"
@@ -133,8 +133,8 @@ def main() -> None:
     p.add_argument("--writers", type=int, default=1, help="writer processes in the group (default 1)")
     p.add_argument("--partitions", type=int, default=3, help="partitions of the topic (default 3)")
     p.add_argument("--backends", default="sqlite,questdb", help="default sqlite,questdb (QuestDB only if QUESTDB_URL answers)")
-    p.add_argument("--batch-size", type=int, default=5000, help="WRITER_BATCH_SIZE (default 5000)")
-    p.add_argument("--flush-ms", type=int, default=250, help="WRITER_FLUSH_MS (default 250)")
+    p.add_argument("--batch-size", type=int, default=setting("WRITER_BATCH_SIZE"), help="WRITER_BATCH_SIZE (default: the product's)")
+    p.add_argument("--flush-ms", type=int, default=setting("WRITER_FLUSH_MS"), help="WRITER_FLUSH_MS (default: the product's)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="longest wait for the lag to clear after the producer stops")
     p.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, store)")
     args = p.parse_args()

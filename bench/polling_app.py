@@ -72,7 +72,7 @@ def create_app(services: Services) -> Dash:
 
 def main() -> None:
     cfg = config.load_or_exit()
-    setup_logging(cfg)
+    setup_logging(cfg.log_level)
     services = Services.from_config(cfg).start()
     create_app(services).run(host=cfg.dash_host, port=cfg.dash_port, debug=False)
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
     except config.ConfigError as exc:
         config.fail(str(exc))
-    setup_logging(cfg)
+    setup_logging(cfg.log_level)
     log = logging.getLogger("dash_app")
     log.info("dashboard on http://%s:%d/", cfg.dash_host, cfg.dash_port)
     watch_supervisor(log, lambda: os.kill(os.getpid(), signal.SIGTERM))  # gunicorn stops gracefully

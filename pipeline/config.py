@@ -99,7 +99,7 @@ class Config(BaseSettings):
     partitions: int = _count(3, "Partitions per topic when topic admin creates it.")
     replication_factor: int | None = _setting(
         None, "empty, or an integer ≥ 1", "Replication factor for new topics. Empty: min(3, number of brokers).", ge=1)
-    writer_batch_size: int = _count(5000, "Most messages a store writer takes from Kafka per batch.")
+    writer_batch_size: int = _count(10000, "Most messages a store writer takes from Kafka per batch.")
     writer_flush_ms: int = _count(250, "Longest a store writer holds a batch before writing it and committing.")
     writer_max_poll_interval_ms: int = _setting(
         300000, "an integer ≥ 6000",

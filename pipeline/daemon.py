@@ -7,14 +7,13 @@ import signal
 import threading
 import time
 
-from pipeline.config import Config
-
 PARENT_ENV = "PIPELINE_SUPERVISOR_PID"
 
 
-def setup_logging(cfg: Config) -> None:
+def setup_logging(level: str) -> None:
+    """Log lines at `level` (LOG_LEVEL) and up to stderr, in one format for every process."""
     logging.basicConfig(
-        level=cfg.log_level.upper(),
+        level=level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)-22s %(message)s",
         datefmt="%H:%M:%S",
         force=True,

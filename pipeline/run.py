@@ -79,7 +79,7 @@ def startup(args: argparse.Namespace) -> config.Config:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cfg = startup(args)
-    setup_logging(cfg)
+    setup_logging(cfg.log_level)
     stop = stop_event(" ".join([args.command, getattr(args, "topic", "")]).strip())
     try:
         return dispatch(args, cfg, stop)
@@ -110,7 +110,7 @@ def dispatch(args: argparse.Namespace, cfg: config.Config, stop) -> int:
         from pipeline import writer
         from pipeline.write_behind import WriteBehind
 
-        with WriteBehind(cfg.store_url, cfg.questdb_pg_url) as writes:
+        with WriteBehind(cfg) as writes:
             writer.run(cfg, TOPICS[args.topic], writes, stop)
         return 0
     if args.command == "broker":

@@ -4,7 +4,7 @@ batch while the store takes this one.
 A thread cannot overlap them. SQLite's `executemany` lets go of the GIL at every row (and a
 QuestDB write at its request), and getting it back from a thread busy decoding the next batch
 takes a switch interval each time: a 5,000-row write took seconds. A second process has a GIL
-of its own. For the same reason the writer talks to it over a pipe from its own thread, not
+of its own. For the same reason the writer talks to it over a socket from its own thread, not
 through `concurrent.futures` (whose helper thread would wait for the GIL at every hand-over):
 a batch's columns go across pickled (about 0.1 µs a row both ways) and the answer comes back
 as None or the error.
@@ -20,14 +20,18 @@ store in the writer's way, and for profiling.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
+from multiprocessing.connection import Connection, Pipe
 from typing import Protocol, Self
 
+from pipeline.config import Config
+from pipeline.daemon import setup_logging
 from pipeline.schema import TOPICS, Batch, Topic
 from pipeline.store import Store, StoreUnavailable, open_store
 
@@ -92,10 +96,10 @@ class InProcess:
 class WriteBehind:
     """The store STORE_URL names, opened and written in one child process, a call at a time."""
 
-    def __init__(self, store_url: str, pg_url: str = ""):
-        self.urls = (store_url, pg_url)
-        self.process: multiprocessing.Process | None = None
-        self.conn = None
+    def __init__(self, cfg: Config):
+        self.setup = (cfg.store_url, cfg.questdb_pg_url, cfg.log_level, os.getpid())
+        self.process: subprocess.Popen | None = None
+        self.conn: Connection | None = None
         self.pending: _Pending | None = None  # the call in flight
 
     def ensure_tables(self) -> None:
@@ -107,7 +111,7 @@ class WriteBehind:
     def _call(self, *request) -> Write:
         if self.pending is not None and not self.pending.done():
             raise RuntimeError("one write at a time: the last one is still in flight")
-        if self.process is not None and not self.process.is_alive():
+        if self.process is not None and self.process.poll() is not None:
             self._died()  # between two writes: nothing was lost, and a new process takes this one
         if self.process is None:
             self._start()
@@ -119,17 +123,19 @@ class WriteBehind:
         return self.pending
 
     def _start(self) -> None:
-        # spawn, not fork: the writer runs librdkafka's threads, which a fork would copy half-way.
-        context = multiprocessing.get_context("spawn")
-        self.conn, theirs = context.Pipe()
-        self.process = context.Process(target=_serve, args=(theirs, *self.urls, os.getpid()), name="store-write", daemon=True)
-        self.process.start()
+        # A plain child process over a socket pair, not multiprocessing's: its spawn also starts a
+        # resource tracker, which outlives the writer for a moment as an orphan; and a fork would
+        # copy librdkafka's threads half-way. The settings go over the socket, not the command
+        # line, where a password in STORE_URL would show.
+        self.conn, theirs = Pipe()
+        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.write_behind", str(theirs.fileno())], pass_fds=[theirs.fileno()])
         theirs.close()
+        self.conn.send(self.setup)
 
     def _died(self) -> StoreUnavailable:
-        log.warning("the store's write process died; the next write starts a new one")
+        log.warning("the store's write process died (exit code %s); the next write starts a new one", self.process.poll())
         self.conn.close()
-        self.process.join(5)
+        self.process.wait(5)
         self.process = None
         return StoreUnavailable("the store's write process died")
 
@@ -149,9 +155,10 @@ class WriteBehind:
             self.pending.wait(30)
         try:
             self.conn.send(None)
-        except OSError:
-            pass
-        self.process.join(30)
+            self.process.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
         self.conn.close()
         self.process = None
 
@@ -183,7 +190,9 @@ class _Pending:
 
 
 # ---- in the write process ---------------------------------------------------------------------
-def _serve(conn, store_url: str, pg_url: str, parent: int) -> None:
+def _serve(conn: Connection) -> None:
+    store_url, pg_url, log_level, parent = conn.recv()
+    setup_logging(log_level)
     # Ctrl-C in a terminal reaches the whole process group: the writer decides when this stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -207,3 +216,7 @@ def _serve(conn, store_url: str, pg_url: str, parent: int) -> None:
                 conn.send(exc)
             except Exception as exc:  # noqa: BLE001 - a defect: the writer stops on it, with this traceback
                 conn.send(RuntimeError("".join(traceback.format_exception(exc))))
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])))

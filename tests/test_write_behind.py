@@ -7,6 +7,7 @@ import signal
 import psutil
 import pytest
 
+from pipeline.config import load
 from pipeline.schema import TOPICS, Temperature, as_batch
 from pipeline.store import StoreUnavailable, open_store
 from pipeline.write_behind import WriteBehind
@@ -16,15 +17,19 @@ T = TOPICS["temperature"]
 BASE = 1_760_000_000_000
 
 
+def behind(url: str) -> WriteBehind:
+    return WriteBehind(load({"STORE_URL": url}))
+
+
 def batch(n: int, start: int = 0):
     return as_batch(T, [Temperature(ts=BASE + i, room="kitchen", value=20.5, unit="°C") for i in range(start, start + n)])
 
 
 def test_batches_are_written_by_a_process_of_their_own_in_order(tmp_path):
     url = f"sqlite:///{tmp_path}/store.db"
-    with WriteBehind(url) as writes, open_store(url) as store:
+    with behind(url) as writes, open_store(url) as store:
         writes.ensure_tables()
-        assert writes.process.pid != os.getpid()
+        assert writes.process.pid != os.getpid()  # a process of its own
         first = writes.submit(T, batch(300), 1)
         first.result()
         # The same (ts, key) again with another value: the later batch wins.
@@ -36,17 +41,17 @@ def test_batches_are_written_by_a_process_of_their_own_in_order(tmp_path):
 
 
 def test_a_store_error_comes_back_as_store_unavailable(tmp_path):
-    (tmp_path / "file").write_text("not a directory")
-    with WriteBehind(f"sqlite:///{tmp_path}/file/store.db") as writes:
-        with pytest.raises(StoreUnavailable, match="cannot open SQLite database"):
+    (tmp_path / "store.db").write_bytes(b"not a database" * 1000)
+    with behind(f"sqlite:///{tmp_path}/store.db") as writes:
+        with pytest.raises(StoreUnavailable, match="file is not a database"):
             writes.ensure_tables()
-        with pytest.raises(StoreUnavailable, match="cannot open SQLite database"):
+        with pytest.raises(StoreUnavailable, match="file is not a database"):
             writes.submit(T, batch(10), 1).result()
 
 
 def test_a_write_process_that_died_is_reported_and_replaced(tmp_path):
     url = f"sqlite:///{tmp_path}/store.db"
-    with WriteBehind(url) as writes, open_store(url) as store:
+    with behind(url) as writes, open_store(url) as store:
         writes.ensure_tables()
         big = batch(100_000)
         first = writes.process
@@ -58,7 +63,7 @@ def test_a_write_process_that_died_is_reported_and_replaced(tmp_path):
         second = writes.process
         assert second.pid != first.pid
         os.kill(second.pid, signal.SIGKILL)  # between two writes
-        second.join(10)
+        second.wait(10)
         writes.submit(T, batch(100, start=100_000), 1).result()
         assert writes.process.pid != second.pid
         assert store.count(T) == 100_100
@@ -68,7 +73,7 @@ def test_a_writer_killed_outright_leaves_no_write_process_behind(stack, broker):
     writer = stack.spawn("pipeline.run", "consumer", "temperature", log_name="writer")
     try:
         def write_process():
-            kids = [p for p in psutil.Process(writer.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+            kids = [p for p in psutil.Process(writer.pid).children() if "pipeline.write_behind" in p.cmdline()]
             return kids[0] if kids else None
 
         child = wait_for(write_process, 30, "the writer's write process")
