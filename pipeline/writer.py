@@ -210,7 +210,8 @@ class StoreWriter:
                 if self.flight is not flight:
                     return False
                 if not retry or self.stop.is_set():
-                    self.log.warning("giving up on %d pending messages, left uncommitted for redelivery: %s", self._held(), exc)
+                    held = self._held() + (len(then.batch) + len(then.dead) if then is not None else 0)
+                    self.log.warning("giving up on %d pending messages, left uncommitted for redelivery: %s", held, exc)
                     self._forget()
                     self._resume()
                     return False
