@@ -3,11 +3,11 @@ batch while the store takes this one.
 
 A thread cannot overlap them. SQLite's `executemany` lets go of the GIL at every row (and a
 QuestDB write at its request), and getting it back from a thread busy decoding the next batch
-takes a switch interval each time: a 5,000-row write took seconds. A second process has a GIL
-of its own. For the same reason the writer talks to it over a socket from its own thread, not
-through `concurrent.futures` (whose helper thread would wait for the GIL at every hand-over):
-a batch's columns go across pickled (about 0.1 µs a row both ways) and the answer comes back
-as None or the error.
+takes a switch interval each time, so a batch's write grew from milliseconds to seconds (README,
+Performance). A second process has a GIL of its own. For the same reason the writer talks to it
+over a socket from its own thread, not through `concurrent.futures`, whose helper thread would
+wait for the GIL at every hand-over: a batch's columns go across pickled, and the answer comes
+back as None or the error.
 
 One write at a time, in order, so a later batch's reading of a (ts, key) still wins. The writer
 commits a batch's offsets only once its write has succeeded; a store error comes back as the
@@ -97,7 +97,8 @@ class WriteBehind:
     """The store STORE_URL names, opened and written in one child process, a call at a time."""
 
     def __init__(self, cfg: Config):
-        self.setup = (cfg.store_url, cfg.questdb_pg_url, cfg.log_level, os.getpid())
+        self.urls = (cfg.store_url, cfg.questdb_pg_url)  # what the write process opens: open_store(*urls)
+        self.log_level = cfg.log_level
         self.process: subprocess.Popen | None = None
         self.conn: Connection | None = None
         self.pending: _Pending | None = None  # the call in flight
@@ -130,7 +131,8 @@ class WriteBehind:
         self.conn, theirs = Pipe()
         self.process = subprocess.Popen([sys.executable, "-m", "pipeline.write_behind", str(theirs.fileno())], pass_fds=[theirs.fileno()])
         theirs.close()
-        self.conn.send(self.setup)
+        self.conn.send((*self.urls, self.log_level, os.getpid()))
+        log.info("store writes go to process %d", self.process.pid)
 
     def _died(self) -> StoreUnavailable:
         log.warning("the store's write process died (exit code %s); the next write starts a new one", self.process.poll())

@@ -647,9 +647,9 @@ def test_writer_and_dashboard_read_questdb_pg_url(monkeypatch):
     monkeypatch.setenv("QUESTDB_PG_URL", "postgresql://r:rpw@pg.example:8812/qdb")
     cfg = config.load()
     used = {}
-    monkeypatch.setattr(writer, "run", lambda cfg, spec, store, stop: used.update(store=store))
+    monkeypatch.setattr(writer, "run", lambda cfg, spec, writes, stop: used.update(writes=writes))
     run.dispatch(run.parser().parse_args(["consumer", "temperature"]), cfg, None)
-    store = used["store"]
+    store = open_store(*used["writes"].urls)  # what the writer's write process opens
     assert store._sender_conf.startswith("https::addr=ilp.example:9000;username=w;password=pw;")
     assert (store._pg_params["host"], store._pg_params["user"], store._pg_params["password"]) == ("pg.example", "r", "rpw")
     dashboard = Services.from_config(cfg).store
