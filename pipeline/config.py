@@ -23,6 +23,8 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.store.base import bucket_ms
+
 EXIT_CONFIG = 2  # the exit code of a refused setting (and of a port in use): not worth restarting
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_RUN_DIR = "data"
@@ -162,8 +164,6 @@ class Config(BaseSettings):
     def live_bucket_ms(self) -> int:
         """Width of a live bucket: the live window cut as a store cuts it into LIVE_BUCKETS + 1
         points, so a live history read with that many points comes in exactly these buckets."""
-        from pipeline.store.base import bucket_ms  # here: only the dashboard asks, and it has pandas
-
         return bucket_ms(0, self.live_window_s * 1000, self.live_buckets + 1)
 
     @property

@@ -14,13 +14,14 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Self
-
-import pandas as pd
+from typing import TYPE_CHECKING, Self
 
 from pipeline.schema import Batch, Reading, Topic
 
-TimeLike = int | float | datetime | pd.Timestamp
+if TYPE_CHECKING:  # imported where a frame is made: store writers never read, and pandas is large
+    import pandas as pd
+
+TimeLike = int | float | datetime  # pandas Timestamps are datetimes
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -53,6 +54,8 @@ def envelope_columns(spec: Topic) -> tuple[str, ...]:
 
 
 def empty_frame(spec: Topic, columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
     for col in ("ts", "received_at"):
         frame[col] = pd.Series(dtype="datetime64[ms, UTC]")

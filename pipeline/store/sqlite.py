@@ -30,12 +30,15 @@ import threading
 import time
 from collections.abc import Sequence
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pipeline.schema import TOPICS, Batch, Reading, Topic, as_batch
 from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, envelope_columns, to_ms
+
+if TYPE_CHECKING:  # imported by the reads: a store writer's processes never load pandas
+    import pandas as pd
 
 log = logging.getLogger("store.sqlite")
 
@@ -341,6 +344,8 @@ class SQLiteStore(Store):
         self._local.writes_ready = c
 
     def _frame(self, spec: Topic, sql: str, params: Sequence, columns: Sequence[str]) -> pd.DataFrame:
+        import pandas as pd
+
         frame = self._run(lambda c: pd.read_sql_query(sql, c, params=list(params)))
         if frame.empty:
             return empty_frame(spec, columns)
