@@ -42,13 +42,18 @@ def watch_supervisor(log: logging.Logger, on_gone) -> None:
     is killed outright, they must not live on as orphans.
     """
     parent = os.environ.get(PARENT_ENV)
-    if not parent:
-        return
+    if parent:
+        watch_parent(int(parent), log, on_gone, "supervisor")
+
+
+def watch_parent(parent: int, log: logging.Logger, on_gone, name: str) -> None:
+    """Call `on_gone` once, from a thread, when `parent` (the pid of this process's parent, `name`
+    in the log line) is no longer its parent: it died."""
 
     def watch():
-        while os.getppid() == int(parent):
+        while os.getppid() == parent:
             time.sleep(1.0)
-        log.warning("supervisor %s is gone, stopping", parent)
+        log.warning("%s %s is gone, stopping", name, parent)
         on_gone()
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()

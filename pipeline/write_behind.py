@@ -24,14 +24,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 import traceback
 from multiprocessing.connection import Connection, Pipe
 from typing import Protocol, Self
 
 from pipeline.config import Config
-from pipeline.daemon import setup_logging
+from pipeline.daemon import setup_logging, watch_parent
 from pipeline.schema import TOPICS, Batch, Topic
 from pipeline.store import Store, StoreUnavailable, open_store
 
@@ -197,13 +195,8 @@ def _serve(conn: Connection) -> None:
     setup_logging(log_level)
     # Ctrl-C in a terminal reaches the whole process group: the writer decides when this stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:  # a writer killed outright leaves no write process behind
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    # A writer killed outright leaves no write process behind (its answer would go nowhere).
+    watch_parent(parent, log, lambda: os._exit(0), "store writer")
     with open_store(store_url, pg_url) as store:
         while (request := conn.recv()) is not None:
             try:
