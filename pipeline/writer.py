@@ -27,6 +27,7 @@ first once its write has succeeded. A stop or a revoke waits for the write in fl
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -234,8 +235,7 @@ class StoreWriter:
     def _await(self, write: Write) -> None:
         """Wait for a write; a slow one with the partitions paused, still polling so the group keeps us."""
         if not write.wait(QUICK_WRITE_S):
-            while not write.done() and self.flight is not None:
-                self._wait_polling(0.5, until=write)
+            self._wait_polling(math.inf, until=write)
 
     def _wait_polling(self, seconds: float, until: Write | None = None) -> None:
         """Wait `seconds`, or until `until` is done, with the partitions paused while still polling."""
@@ -247,7 +247,7 @@ class StoreWriter:
                 self.log.warning("could not pause partitions: %s", exc)
         deadline = time.monotonic() + seconds
         while self.flight is not None and (left := deadline - time.monotonic()) > 0:
-            if until is None and self.stop.is_set() or until is not None and until.done():
+            if until.done() if until is not None else self.stop.is_set():
                 return
             for msg in self.consumer.consume(num_messages=1000, timeout=min(left, 0.1 if until else 0.5)):
                 if msg.error():

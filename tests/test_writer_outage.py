@@ -1,14 +1,15 @@
-"""A store writer through a store outage longer than max.poll.interval.ms, and dead-letter logs."""
+"""A store writer through a store outage or a stalled write longer than max.poll.interval.ms, and dead-letter logs."""
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 
 from pipeline.schema import TOPICS
 from pipeline.store import StoreUnavailable, open_store
-from pipeline.write_behind import InProcess
+from pipeline.write_behind import InProcess, WriteBehind
 from pipeline.writer import StoreWriter, group_id
 from tests.helpers import wait_for
 from tests.test_pipeline import committed, produce, readings
@@ -69,6 +70,36 @@ def test_writer_keeps_its_partitions_through_an_outage_longer_than_max_poll_inte
     assert "partitions paused" in text and "write succeeded after" in text
     retry_lines = text.count("write failed")
     assert retry_lines <= 3, f"{retry_lines} retry lines for one outage"
+
+
+def test_a_write_stalled_longer_than_max_poll_interval_keeps_the_writer_in_its_group(stack, broker, caplog):
+    """The write process waits on a locked SQLite file; meanwhile the writer keeps polling Kafka."""
+    caplog.set_level(logging.INFO, logger="writer.temperature")
+    cfg = Cfg(stack.config(), writer_max_poll_interval_ms=6000)
+    n = 4000
+    with WriteBehind(cfg) as writes, open_store(stack.store_url) as real:
+        stop = threading.Event()
+        thread = threading.Thread(target=StoreWriter(cfg, T, writes, stop).run)
+        thread.start()
+        lock = sqlite3.connect(real.path)
+        try:
+            wait_for(lambda: "assigned partitions" in caplog.text, 30, "the writer to join its group")
+            lock.execute("BEGIN EXCLUSIVE")  # the write process's transaction waits for it (30 s busy timeout)
+            # Readings keep coming, so the writer has the next batch to send and waits for the stalled write.
+            sender = threading.Thread(target=produce, args=(stack.bootstrap, "temperature", readings(n), n / 10))
+            sender.start()
+            time.sleep(15)  # 2.5 x max.poll.interval.ms with a write in flight
+            assert committed(stack.bootstrap, "temperature", group_id(T)) == 0
+            lock.rollback()
+            sender.join(30)
+            wait_for(lambda: committed(stack.bootstrap, "temperature", group_id(T)) >= n, 30, "every message committed")
+            assert real.count(T) == n
+            text = caplog.text
+        finally:
+            lock.close()
+            stop.set()
+            thread.join(30)
+    assert "revoked" not in text and "commit failed" not in text and "write failed" not in text, text[-2000:]
 
 
 def test_dead_letters_are_summarised_per_interval(stack, broker, caplog):
