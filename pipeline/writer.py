@@ -92,7 +92,9 @@ class StoreWriter:
         flush_s = self.cfg.writer_flush_ms / 1000
         while not self.stop.is_set():
             room = self.cfg.writer_batch_size - len(self.pending)
-            self._take(self.consumer.consume(num_messages=max(1, room), timeout=0.1))
+            # consume() waits for a full batch or its timeout: no longer than the batch may be held.
+            wait = min(0.1, max(0.0, self.first_pending + flush_s - time.monotonic())) if self.offsets else 0.1
+            self._take(self.consumer.consume(num_messages=max(1, room), timeout=wait))
             if self.offsets and (room <= 0 or time.monotonic() - self.first_pending >= flush_s):
                 self._flush(retry=True)
             elif self.flight is not None and self.flight.write.done():  # commit a finished write at once
