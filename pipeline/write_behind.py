@@ -198,19 +198,27 @@ def _serve(conn: Connection) -> None:
     # A writer killed outright leaves no write process behind (its answer would go nowhere).
     watch_parent(parent, log, lambda: os._exit(0), "store writer")
     with open_store(store_url, pg_url) as store:
-        while (request := conn.recv()) is not None:
-            try:
-                if request[0] == "ensure_tables":
-                    store.ensure_tables()
-                else:
-                    _, topic, columns, received_at_ms = request
-                    spec = TOPICS[topic]
-                    store.write(spec, Batch(spec, columns), received_at_ms)
-                conn.send(None)
-            except StoreUnavailable as exc:
-                conn.send(exc)
-            except Exception as exc:  # noqa: BLE001 - a defect: the writer stops on it, with this traceback
-                conn.send(RuntimeError("".join(traceback.format_exception(exc))))
+        try:
+            while (request := conn.recv()) is not None:
+                conn.send(_handle(store, request))
+        except (EOFError, ConnectionError):  # the writer was killed outright: nobody to answer
+            log.warning("store writer %s is gone, stopping", parent)
+
+
+def _handle(store, request: tuple):
+    """Carry out one request: None when done, else the error to raise in the writer."""
+    try:
+        if request[0] == "ensure_tables":
+            store.ensure_tables()
+        else:
+            _, topic, columns, received_at_ms = request
+            spec = TOPICS[topic]
+            store.write(spec, Batch(spec, columns), received_at_ms)
+        return None
+    except StoreUnavailable as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - a defect: the writer stops on it, with this traceback
+        return RuntimeError("".join(traceback.format_exception(exc)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The store's write process: writes land, errors come back, a dead process is replaced, none is orphaned."""
+"""The store's write process: writes land, errors come back, a dead process is replaced, none is orphaned
+or leaves a traceback."""
 from __future__ import annotations
 
 import os
@@ -77,6 +78,7 @@ def test_a_writer_killed_outright_leaves_no_write_process_behind(stack, broker):
             return kids[0] if kids else None
 
         child = wait_for(write_process, 30, "the writer's write process")
+        stack.wait_log("writer", "consuming temperature", writer, 30)  # its tables are made: the write process waits for work
         writer.send_signal(signal.SIGKILL)
         writer.wait(10)
 
@@ -87,6 +89,7 @@ def test_a_writer_killed_outright_leaves_no_write_process_behind(stack, broker):
                 return True
 
         wait_for(gone, 10, "the write process to exit")
+        assert "Traceback" not in stack.log("writer"), stack.log("writer")[-2000:]
     finally:
         if writer.poll() is None:
             writer.kill()
