@@ -191,7 +191,10 @@ class _Pending:
 
 # ---- in the write process ---------------------------------------------------------------------
 def _serve(conn: Connection) -> None:
-    store_url, pg_url, log_level, parent = conn.recv()
+    try:
+        store_url, pg_url, log_level, parent = conn.recv()
+    except EOFError:
+        return  # the writer died before it said what to open
     setup_logging(log_level)
     # Ctrl-C in a terminal reaches the whole process group: the writer decides when this stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
