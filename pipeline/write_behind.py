@@ -208,7 +208,7 @@ def _serve(conn: Connection) -> None:
             log.warning("store writer %s is gone, stopping", parent)
 
 
-def _handle(store, request: tuple):
+def _handle(store, request: tuple) -> Exception | None:
     """Carry out one request: None when done, else the error to raise in the writer."""
     try:
         if request[0] == "ensure_tables":
