@@ -190,9 +190,8 @@ class StoreWriter:
             return
         flight.write = self.writes.submit(self.spec, flight.batch, int(time.time() * 1000)) if len(flight.batch) else Finished()
 
-    def _land(self, retry: bool, then: Flight | None = None) -> bool:
+    def _land(self, retry: bool, then: Flight | None = None) -> None:
         """Wait for the batch in flight to be written, launch `then`, and commit the written one.
-        False if it had to give up.
 
         While the store is down the write is retried with the partitions paused (retry), or
         given up and left uncommitted for redelivery, with whatever else is held (not retry:
@@ -205,19 +204,19 @@ class StoreWriter:
                 if retry:
                     self._await(flight.write)
                 if self.flight is not flight:
-                    return False  # revoked while waiting: the revoke landed it or handed it back
+                    return  # revoked while waiting: the revoke landed it or handed it back
                 flight.write.result()
                 break
             except (StoreUnavailable, KafkaException) as exc:
                 flight.write = None
                 if self.flight is not flight:
-                    return False
+                    return
                 if not retry or self.stop.is_set():
                     held = self._held() + (len(then.batch) + len(then.dead) if then is not None else 0)
                     self.log.warning("giving up on %d pending messages, left uncommitted for redelivery: %s", held, exc)
                     self._forget()
                     self._resume()
-                    return False
+                    return
                 delay = backoff(attempt)
                 if attempt == 0 or delay >= 10:  # one line when it starts, then one per 10 s at most
                     self.log.warning("write failed (%s); retrying in %.1fs, partitions paused, offsets not committed", exc, delay)
@@ -232,7 +231,6 @@ class StoreWriter:
         if then is not None:
             self._launch(then)
         self._commit(flight.offsets)
-        return True
 
     def _await(self, write: Write) -> None:
         """Wait for a write; a slow one with the partitions paused, still polling so the group keeps us."""
