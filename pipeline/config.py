@@ -102,7 +102,7 @@ class Config(BaseSettings):
     replication_factor: int | None = _setting(
         None, "empty, or an integer ≥ 1", "Replication factor for new topics. Empty: min(3, number of brokers).", ge=1)
     writer_batch_size: int = _count(10000, "Most messages a store writer takes from Kafka per batch.")
-    writer_flush_ms: int = _count(250, "Longest a store writer holds a batch before writing it and committing.")
+    writer_flush_ms: int = _count(100, "Longest a store writer holds a batch before writing it and committing.")
     writer_max_poll_interval_ms: int = _setting(
         300000, "an integer ≥ 6000",
         "Longest a store writer may go between polls before its group drops it (Kafka's `max.poll.interval.ms`). Writers "

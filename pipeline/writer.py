@@ -12,7 +12,12 @@ exceeding max.poll.interval.ms), anything still prefetched is dropped, and once 
 succeeds each partition is sought back to the first dropped offset and resumed.
 
 Writers fetch with a 500 ms wait and 64 KiB minimum (WRITER_FETCH): they need no 50 ms
-latency, and on the embedded broker every fetch costs in proportion to what it holds.
+latency, and on the embedded broker every fetch costs in proportion to what it holds. The
+embedded broker sleeps after reading a fetch's data, even when it has enough: half the wait
+from 250 ms up, the whole wait below. So a writer gets data about every 260 ms there, and a
+shorter wait buys lag with broker CPU (README, Performance). What the writer adds on top is
+WRITER_FLUSH_MS at most: a batch is written that long after the consume() call that brought
+its first message began waiting.
 
 A batch goes from messages to columns without a Python object per reading in between: the
 messages are kept as consumed, their values and keys are taken out with C-level `map`s, and
@@ -92,9 +97,10 @@ class StoreWriter:
         flush_s = self.cfg.writer_flush_ms / 1000
         while not self.stop.is_set():
             room = self.cfg.writer_batch_size - len(self.pending)
-            # consume() waits for a full batch or its timeout: no longer than the batch may be held.
-            wait = min(0.1, max(0.0, self.first_pending + flush_s - time.monotonic())) if self.offsets else 0.1
-            self._take(self.consumer.consume(num_messages=max(1, room), timeout=wait))
+            # consume() returns a full batch or nothing until its timeout: never wait past the flush.
+            started = time.monotonic()
+            wait = min(0.1, max(0.0, self.first_pending + flush_s - started) if self.offsets else flush_s)
+            self._take(self.consumer.consume(num_messages=max(1, room), timeout=wait), started)
             if self.offsets and (room <= 0 or time.monotonic() - self.first_pending >= flush_s):
                 self._flush(retry=True)
             elif self.flight is not None and self.flight.write.done():  # commit a finished write at once
@@ -113,8 +119,10 @@ class StoreWriter:
         self.consumer.close()  # leaves the group at once, so the others take over without waiting
         self.log.info("stopped: %d rows written, %d dead-lettered", self.stats["rows"], self.stats["dead"])
 
-    def _take(self, msgs: list[Message]) -> None:
-        """Hold consumed messages until the batch is flushed; note each partition's next offset."""
+    def _take(self, msgs: list[Message], started: float) -> None:
+        """Hold consumed messages until the batch is flushed; note each partition's next offset.
+        A new batch's age counts from `started`, when the consume() that brought it began
+        waiting: its messages may have come in at any time since."""
         if not msgs:
             return
         if any(map(Message.error, msgs)):
@@ -125,7 +133,7 @@ class StoreWriter:
             if not msgs:
                 return
         if not self.offsets:
-            self.first_pending = time.monotonic()
+            self.first_pending = started
         self.pending += msgs
         # A partition's messages come in offset order: the last one seen is its highest.
         for p, offset in dict(zip(map(Message.partition, msgs), map(Message.offset, msgs))).items():
