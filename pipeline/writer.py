@@ -96,12 +96,12 @@ class StoreWriter:
         reported = dict(self.stats)
         flush_s = self.cfg.writer_flush_ms / 1000
         while not self.stop.is_set():
-            room = self.cfg.writer_batch_size - len(self.pending)
             # consume() returns a full batch or nothing until its timeout: never wait past the flush.
             started = time.monotonic()
             wait = min(0.1, max(0.0, self.first_pending + flush_s - started) if self.offsets else flush_s)
-            self._take(self.consumer.consume(num_messages=max(1, room), timeout=wait), started)
-            if self.offsets and (room <= 0 or time.monotonic() - self.first_pending >= flush_s):
+            room = self.cfg.writer_batch_size - len(self.pending)  # at least 1: a full batch is flushed at once
+            self._take(self.consumer.consume(num_messages=room, timeout=wait), started)
+            if self.offsets and (len(self.pending) >= self.cfg.writer_batch_size or time.monotonic() - self.first_pending >= flush_s):
                 self._flush(retry=True)
             elif self.flight is not None and self.flight.write.done():  # commit a finished write at once
                 self._land(retry=True)

@@ -63,6 +63,21 @@ def test_n_messages_make_n_rows_and_resending_them_adds_none(stack, broker):
         assert writer.poll() is None
 
 
+def test_a_full_batch_is_written_at_once_and_a_partial_one_at_its_flush_time(stack, broker):
+    # Each batch is one write, so its rows share one received_at.
+    n, size, flush_ms = 2500, 1000, 3000
+    produce(stack.bootstrap, "temperature", readings(n))
+    stack.env.update(WRITER_BATCH_SIZE=str(size), WRITER_FLUSH_MS=str(flush_ms))
+    with stack.running("pipeline.run", "consumer", "temperature", log_name="writer"), open_store(stack.store_url) as store:
+        store.ensure_tables()
+        wait_for(lambda: store.count(T) == n, 30, f"{n} rows")
+        batches = store.since(T, BASE).groupby("received_at").size().sort_index()
+    assert batches.tolist() == [size, size, n - 2 * size]
+    first, second, last = (t.value // 1_000_000 for t in batches.index)
+    assert second - first < flush_ms / 2, "a full batch waited for the flush time"
+    assert last - second >= flush_ms, "a partial batch was written before its flush time"
+
+
 def test_writer_killed_mid_stream_loses_and_doubles_nothing(stack, broker):
     n = 20_000
     batch = readings(n, value_offset=1.0)
