@@ -47,11 +47,10 @@ def two_malloc_arenas() -> None:
     with threads of its own, and the dashboard's memory grew at each renewal and nowhere else
     (README, Performance: Soak). Called before any thread starts; gunicorn's worker, forked from
     this process, inherits the limit."""
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+    if os.environ.get("MALLOC_ARENA_MAX"):
         return
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, 2)  # M_ARENA_MAX from glibc's malloc.h
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX from glibc's malloc.h
     except (OSError, AttributeError):  # not glibc: its allocator has no such arenas
         pass
 

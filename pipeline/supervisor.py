@@ -289,7 +289,7 @@ class Supervisor:
         self.broker, self.cost = new, BrokerCost(new)
         self.retired.append((old, old_writers))
         if crashed:
-            switched = time.monotonic() - began
+            replaced = time.monotonic()
             # The rows they fetched are written on the way out; their goodbyes to the dead broker
             # take up to its session timeout (or the stop grace).
             stop_children(old_writers)
@@ -297,7 +297,7 @@ class Supervisor:
             self.retired.remove((old, old_writers))
             self.renewals += 1
             log.warning("embedded broker replaced by %s in %.2fs (its old writers stopped %.1fs later); producers re-send "
-                        "what the old one may have lost", new.address, switched, time.monotonic() - began - switched)
+                        "what the old one may have lost", new.address, replaced - began, time.monotonic() - replaced)
             return
         switched = self._wait(lambda: self._producers_on(new.address), SWITCH_S)
         if not switched:
