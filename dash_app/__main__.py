@@ -1,24 +1,15 @@
-"""`python -m dash_app`: serve the dashboard on DASH_HOST:DASH_PORT with gunicorn.
-
-One worker process (the live consumer, its ring and the pages it streams to live in it) with a
-thread per open page (flask-sock holds one per websocket) plus a few for page loads and
-callbacks. Dash's own server is for development: under it flask-sock writes an HTTP response
-after every closed socket, and it says itself that it is not for production.
-"""
+"""`python -m dash_app`: serve the dashboard on DASH_HOST:DASH_PORT with gunicorn (dash_app/server.py)."""
 from __future__ import annotations
 
 import argparse
 import ctypes
 import logging
 import os
-import signal
 import sys
 import time
 
-from gunicorn.app.base import BaseApplication
-
-from pipeline import config
-from pipeline.daemon import PARENT_ENV, setup_logging, watch_supervisor
+# The standard library only, so that `main` takes signals before the slow imports (see pipeline.run).
+from pipeline.daemon import PARENT_ENV, setup_logging, stop_event
 
 # The settings the dashboard reads (all of them are environment variables: see the README).
 READS = ("DASH_HOST", "DASH_PORT", "DASH_ALLOWED_HOSTS", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CLIENT_CONFIG", "BROKER_PORT", "STORE_URL",
@@ -28,6 +19,8 @@ PORT_WAIT_S = 10.0
 
 
 def parser() -> argparse.ArgumentParser:
+    from pipeline import config
+
     by_env = {s.env: s for s in config.SETTINGS}
     lines = [f"  {env:<24} {by_env[env].default or '(empty)'}" for env in READS]
     return argparse.ArgumentParser(
@@ -56,8 +49,12 @@ def two_malloc_arenas() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser().parse_args(argv)
     two_malloc_arenas()
+    stop = stop_event("dash_app")  # first: see the imports
+    from dash_app.server import Dashboard
+    from pipeline import config
+
+    parser().parse_args(argv)
     cfg = config.load_or_exit()
     supervised = bool(os.environ.get(PARENT_ENV))
     try:
@@ -72,64 +69,18 @@ def main(argv: list[str] | None = None) -> int:
             except config.ConfigError:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.2)
+                if stop.wait(0.2):
+                    return 0
     except config.ConfigError as exc:
         config.fail(str(exc))
     setup_logging(cfg.log_level)
     log = logging.getLogger("dash_app")
     log.info("dashboard on http://%s:%d/", cfg.dash_host, cfg.dash_port)
-    watch_supervisor(log, lambda: os.kill(os.getpid(), signal.SIGTERM))  # gunicorn stops gracefully
-    Dashboard(cfg).run()
+    Dashboard(cfg, stop).run()
     return 0
-
-
-class Dashboard(BaseApplication):
-    """gunicorn running the Dash app; the live thread starts in the worker, never at import."""
-
-    HTTP_THREADS = 8  # page loads and callbacks, beside one thread per streaming page
-
-    def __init__(self, cfg: config.Config):
-        self.settings = cfg
-        self.services = None
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in {
-            "bind": [f"{self.settings.dash_host}:{self.settings.dash_port}"],
-            "workers": 1,
-            "worker_class": "gthread",
-            "threads": self.settings.live_max_pages + self.HTTP_THREADS,
-            "graceful_timeout": 5,
-            "loglevel": "warning",  # its start-up lines say nothing ours do not
-            "control_socket_disable": True,
-            "accesslog": None,
-            "post_worker_init": self._started,
-            "worker_exit": self._stopping,
-        }.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        from dash_app.app import create_app
-        from dash_app.services import Services
-
-        self.services = Services.from_config(self.settings).start()
-        return create_app(self.services).server
-
-    def _started(self, worker) -> None:
-        # Open pages hold their threads until they are hung up on: do that first on SIGTERM,
-        # so the worker stops within the graceful timeout instead of being killed.
-        handler = signal.getsignal(signal.SIGTERM)
-
-        def stop(signum, frame):
-            self.services.pages.close_all()
-            handler(signum, frame)
-
-        signal.signal(signal.SIGTERM, stop)
-
-    def _stopping(self, _server, _worker) -> None:
-        if self.services:
-            self.services.stop()
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+

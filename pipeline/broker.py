@@ -29,6 +29,7 @@ import psutil
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Config
+from pipeline.daemon import dies_with_us
 
 log = logging.getLogger("broker")
 
@@ -134,6 +135,7 @@ class EmbeddedBroker:
                 [binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--cluster-id", self.cluster_id],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops the broker last
+                preexec_fn=dies_with_us(),  # noqa: PLW1509 - and dies with it, even when it is killed outright
             )
         self.pidfile.write_text(str(self.proc.pid))
         started = time.monotonic()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from confluent_kafka import KafkaError, Producer
 from pipeline import kafka
 from pipeline.broker import current_address, read_address
 from pipeline.config import Config
-from pipeline.daemon import Every
+from pipeline.daemon import Every, Stop
 from pipeline.schema import TOPICS, Topic
 from pipeline.simulate import RoomClimate, SimulatedMachine, ThisMachine, device_names, room_names
 
@@ -89,7 +88,7 @@ class _Outbox:
         self.failed += 1
         self.last_error = err.str()
 
-    def _produce(self, key: bytes, value: bytes, stop: threading.Event | None = None) -> None:
+    def _produce(self, key: bytes, value: bytes, stop: Stop | None = None) -> None:
         while True:
             try:
                 self.current.produce(self.spec.name, key=key, value=value, on_delivery=self._delivered)
@@ -100,7 +99,7 @@ class _Outbox:
                 if stop is not None and stop.is_set():
                     return
 
-    def send(self, key: bytes, value: bytes, stop: threading.Event) -> None:
+    def send(self, key: bytes, value: bytes, stop: Stop) -> None:
         self._produce(key, value, stop)
         self.sent += 1
         now = time.monotonic()
@@ -169,7 +168,7 @@ def first_tick_ms(spec: Topic, period_ms: float, now_ms: float) -> int:
     return math.ceil(math.ceil((now_ms - phase_ms) / period_ms) * period_ms + phase_ms)
 
 
-def run(cfg: Config, spec: Topic, stop: threading.Event) -> None:
+def run(cfg: Config, spec: Topic, stop: Stop) -> None:
     log = logging.getLogger(f"producer.{spec.name}")
     readers = sensors(spec, cfg)
     out = _Outbox(cfg, spec, log)

@@ -5,13 +5,15 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from confluent_kafka import KafkaException
+# The standard library only, so that `main` can take signals before the slow imports (Kafka's
+# client, pydantic, the store) that the other modules of the product make: a Ctrl-C in the first
+# second must stop the command like any other, not end it with a traceback.
+from pipeline.daemon import PARENT_ENV, Stop, setup_logging, stop_event
 
-from pipeline import config
-from pipeline.broker import BrokerError, EmbeddedBroker
-from pipeline.daemon import PARENT_ENV, setup_logging, stop_event
-from pipeline.schema import TOPICS
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 # Options that override an environment variable for this process and every child it starts,
 # validated like the variable itself.
@@ -32,6 +34,9 @@ COMMAND_OPTIONS = {
 
 
 def parser() -> argparse.ArgumentParser:
+    from pipeline import config
+    from pipeline.schema import TOPICS
+
     defaults = {s.env: s.default for s in config.SETTINGS}
     p = argparse.ArgumentParser(
         prog="python -m pipeline.run",
@@ -57,8 +62,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def startup(args: argparse.Namespace) -> config.Config:
+def startup(args: argparse.Namespace) -> Config:
     """The validated configuration, written back to the environment for the children; exits 2 on a refused one."""
+    from pipeline import config
+
     overrides = {OPTIONS[flag][0]: getattr(args, flag[2:], None) for flag in COMMAND_OPTIONS[args.command]}
     flags = {OPTIONS[flag][0]: flag for flag in COMMAND_OPTIONS[args.command] if getattr(args, flag[2:], None) is not None}
     cfg = config.load_or_exit(overrides, flags=flags)
@@ -77,10 +84,15 @@ def startup(args: argparse.Namespace) -> config.Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = [a for a in (sys.argv[1:] if argv is None else argv)[:2] if not a.startswith("-")]
+    stop = stop_event(" ".join(words) or "pipeline.run")  # first: see the imports
+    from confluent_kafka import KafkaException
+
+    from pipeline.broker import BrokerError
+
     args = parser().parse_args(argv)
     cfg = startup(args)
     setup_logging(cfg.log_level)
-    stop = stop_event(" ".join([args.command, getattr(args, "topic", "")]).strip())
     try:
         return dispatch(args, cfg, stop)
     except BrokerError as exc:
@@ -91,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def dispatch(args: argparse.Namespace, cfg: config.Config, stop) -> int:
+def dispatch(args: argparse.Namespace, cfg: Config, stop: Stop) -> int:
+    from pipeline.schema import TOPICS
+
     if args.command == "all":
         from pipeline import supervisor
 
@@ -114,6 +128,8 @@ def dispatch(args: argparse.Namespace, cfg: config.Config, stop) -> int:
             writer.run(cfg, TOPICS[args.topic], writes, stop)
         return 0
     if args.command == "broker":
+        from pipeline.broker import EmbeddedBroker
+
         broker = EmbeddedBroker(cfg)
         broker.start()
         print(f"broker listening on {broker.address}; Ctrl-C stops it", flush=True)

@@ -26,7 +26,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from confluent_kafka import KafkaException
 from pipeline.admin import ensure_topics
 from pipeline.broker import BrokerError, EmbeddedBroker, _port_taken, address_file, free_port, write_address
 from pipeline.config import Config
-from pipeline.daemon import PARENT_ENV, backoff
+from pipeline.daemon import PARENT_ENV, Stop, backoff, dies_with_us
 from pipeline.producer import STOP_FLUSH_S
 from pipeline.schema import TOPICS
 
@@ -68,7 +67,11 @@ class Child:
 
     def start(self) -> None:
         env = {**os.environ, PARENT_ENV: str(os.getpid()), **self.env}
-        self.proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        # Its own session: Ctrl-C reaches only the supervisor. Dies with it: nothing outlives `run all`.
+        self.proc = subprocess.Popen(
+            self.argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=dies_with_us(),  # noqa: PLW1509 - see dies_with_us
+        )
         self.started = time.monotonic()
         self.restart_at = None
         where = f" on {self.env['KAFKA_BOOTSTRAP_SERVERS']}" if "KAFKA_BOOTSTRAP_SERVERS" in self.env else ""
@@ -118,7 +121,7 @@ def _at(cfg: Config, bootstrap: str) -> Config:
     return cfg.model_copy(update={"kafka_bootstrap_servers": bootstrap})
 
 
-def _create_topics(cfg: Config, stop: threading.Event) -> bool:
+def _create_topics(cfg: Config, stop: Stop) -> bool:
     attempt = 0
     while not stop.is_set():
         try:
@@ -175,7 +178,7 @@ class BrokerCost:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, stop: threading.Event, with_dashboard: bool):
+    def __init__(self, cfg: Config, stop: Stop, with_dashboard: bool):
         self.cfg, self.stop, self.with_dashboard = cfg, stop, with_dashboard
         self.broker: EmbeddedBroker | None = None
         self.cost: BrokerCost | None = None
@@ -358,5 +361,5 @@ def _writers_drained(bootstrap: str) -> bool:
     return True
 
 
-def run(cfg: Config, stop: threading.Event, with_dashboard: bool = True) -> int:
+def run(cfg: Config, stop: Stop, with_dashboard: bool = True) -> int:
     return Supervisor(cfg, stop, with_dashboard).run()

@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection, Pipe
 from typing import Protocol, Self
 
 from pipeline.config import Config
-from pipeline.daemon import setup_logging, watch_parent
+from pipeline.daemon import dies_with_us, setup_logging, watch_parent
 from pipeline.schema import TOPICS, Batch, Topic
 from pipeline.store import Store, StoreUnavailable, open_store
 
@@ -127,7 +127,8 @@ class WriteBehind:
         # copy librdkafka's threads half-way. The settings go over the socket, not the command
         # line, where a password in STORE_URL would show.
         self.conn, theirs = Pipe()
-        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.write_behind", str(theirs.fileno())], pass_fds=[theirs.fileno()])
+        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.write_behind", str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                        preexec_fn=dies_with_us())  # noqa: PLW1509 - see dies_with_us
         theirs.close()
         self.conn.send((*self.urls, self.log_level, os.getpid()))
         log.info("store writes go to process %d", self.process.pid)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 
 from pipeline import kafka
 from pipeline.config import Config
-from pipeline.daemon import Every, backoff
+from pipeline.daemon import Every, Stop, backoff
 from pipeline.schema import Batch, Topic, validate_batch
 from pipeline.store import StoreUnavailable
 from pipeline.write_behind import Finished, Write, Writes
@@ -69,7 +68,7 @@ class Flight:
 
 
 class StoreWriter:
-    def __init__(self, cfg: Config, spec: Topic, writes: Writes, stop: threading.Event):
+    def __init__(self, cfg: Config, spec: Topic, writes: Writes, stop: Stop):
         self.cfg, self.spec, self.writes, self.stop = cfg, spec, writes, stop
         self.log = logging.getLogger(f"writer.{spec.name}")
         overrides = dict(WRITER_FETCH)
@@ -340,5 +339,5 @@ class StoreWriter:
                 self.stop.wait(delay)
 
 
-def run(cfg: Config, spec: Topic, writes: Writes, stop: threading.Event) -> None:
+def run(cfg: Config, spec: Topic, writes: Writes, stop: Stop) -> None:
     StoreWriter(cfg, spec, writes, stop).run()
