@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -121,6 +122,14 @@ class Config(BaseSettings):
     live_max_pages: int = _count(
         50, "Most pages one dashboard process streams to at once (each holds a websocket and a server thread); "
         "a page over the limit is told so and retries.")
+    alert_rules: str = _setting(
+        "", "empty, or the path of a TOML file of `[[rules]]` (see Alerts)",
+        "The alert rules. Empty: the defaults, from the charts' bands (README, Alerts). A bad rule stops `run all` with one "
+        "line naming the rule and what it accepts.")
+    alert_webhook_url: str = _setting(
+        "", "empty, or an `http://` or `https://` URL",
+        "Where each change of an alert's state is POSTed as JSON (retried with back-off; a failure is logged and shown on "
+        "/pipeline, and never holds up the alerter). Empty: no webhook.")
     run_dir: str = _setting(
         DEFAULT_RUN_DIR, "a folder path", "Folder for the embedded broker's pidfile and the default SQLite database.", min_length=1)
     log_level: str = _setting("INFO", ", ".join(LOG_LEVELS), "Logging level of every daemon.")
@@ -143,6 +152,22 @@ class Config(BaseSettings):
     def _questdb_pg_url(cls, value: str) -> str:
         if value:
             questdb_pg_params(value)  # raises ValueError naming what is wrong
+        return value
+
+    @field_validator("alert_rules")
+    @classmethod
+    def _alert_rules(cls, value: str) -> str:
+        from pipeline import rules
+
+        rules.load(value)  # raises ValueError naming the bad rule and what it accepts
+        return value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _alert_webhook_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError("not an http:// or https:// URL with a host")
         return value
 
     @field_validator("log_level")
@@ -376,6 +401,8 @@ def _describe(env: str, value: Any, problem: str | None, flags: dict[str, str], 
     name = f"{flags[env]} (env {env})" if env in flags else env
     why = f": {problem};" if problem else ":"
     shown = redact(str(value)) if env in ("STORE_URL", "QUESTDB_PG_URL") else str(value)
+    if problem and "; expected " in problem:  # the problem says what is accepted (a bad alert rule)
+        return f"{name}={shown!r} refused: {problem}"
     return f"{name}={shown!r} refused{why} expected {expected or _BY_ENV[env].accepts}"
 
 

@@ -29,6 +29,7 @@ COMMAND_OPTIONS = {
     "admin": ("--partitions",),
     "producer": ("--rooms", "--devices", "--rate"),
     "consumer": (),
+    "alerter": ("--rate",),
     "broker": (),
 }
 
@@ -48,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
         "admin": "create the topics and dead-letter topics that are missing",
         "producer": "one producer daemon",
         "consumer": "one store writer daemon (consumer group store-writer.TOPIC)",
+        "alerter": "the alerter daemon: the rules (ALERT_RULES) over the readings, changes of state to the alerts topic",
         "broker": "the embedded Kafka-protocol broker alone, in the foreground",
     }
     commands = {}
@@ -126,6 +128,13 @@ def dispatch(args: argparse.Namespace, cfg: Config, stop: Stop) -> int:
 
         with WriteBehind(cfg) as writes:
             writer.run(cfg, TOPICS[args.topic], writes, stop)
+        return 0
+    if args.command == "alerter":
+        from pipeline import alerter, rules
+        from pipeline.store import open_store
+
+        with open_store(cfg.store_url, cfg.questdb_pg_url) as store:
+            alerter.run(cfg, rules.load(cfg.alert_rules), store, stop)
         return 0
     if args.command == "broker":
         from pipeline.broker import EmbeddedBroker

@@ -49,9 +49,9 @@ WINDOW = 3  # samples averaged: the broker's cost over the last 30 s
 RENEW_MIN_AGE_S = 120.0  # a broker is never renewed for CPU before it has run this long
 SWITCH_S = 30.0  # longest a renewal waits for the producers to leave the old broker
 DRAIN_S = 30.0  # longest a renewal (or a stop) waits for the writers to store what a broker holds
-# The longest an orderly stop takes, no broker being renewed: producers, the drain, writers,
-# dashboard, broker (each given its grace before it is killed).
-STOP_BUDGET_S = PRODUCER_GRACE_S + DRAIN_S + 3 * STOP_GRACE_S
+# The longest an orderly stop takes, no broker being renewed: producers, the alerter, the drain,
+# writers, dashboard, broker (each given its grace before it is killed).
+STOP_BUDGET_S = PRODUCER_GRACE_S + DRAIN_S + 4 * STOP_GRACE_S
 
 
 @dataclass
@@ -94,6 +94,8 @@ def writers(bootstrap: str | None) -> list[Child]:
 def children(with_dashboard: bool, bootstrap: str | None = None) -> list[Child]:
     kids = writers(bootstrap)
     kids += [Child(f"producer {t}", _module("pipeline.run", "producer", t), kind="producer") for t in TOPICS]
+    # One alerter, following the embedded broker across renewals as the producers do (pipeline/alerter.py).
+    kids.append(Child("alerter", _module("pipeline.run", "alerter"), kind="alerter"))
     if with_dashboard:
         kids.append(Child("dashboard", _module("dash_app"), kind="dashboard"))
     return kids
@@ -220,8 +222,9 @@ class Supervisor:
             return 0
         finally:
             stopping = time.monotonic()
-            log.info("stopping: producers, then writers, then the dashboard%s", ", then the broker" if self.broker else "")
+            log.info("stopping: producers, the alerter, then writers, then the dashboard%s", ", then the broker" if self.broker else "")
             stop_children([k for k in self.kids if k.kind == "producer"], PRODUCER_GRACE_S)
+            stop_children([k for k in self.kids if k.kind == "alerter"])  # it publishes what the last readings changed
             if self.broker:
                 # The embedded broker forgets everything when it stops: let the writers store
                 # what it (and any broker being renewed) still holds first.

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Self
 
+from pipeline.alerts import Alert
 from pipeline.schema import Batch, Reading, Topic
 
 if TYPE_CHECKING:  # imported where a frame is made: store writers never read, and pandas is large
@@ -98,6 +99,15 @@ class Store(ABC):
         reading as `<field>_min` and `<field>_max` (`envelope_columns`). An empty range has the
         raw columns.
         """
+
+    @abstractmethod
+    def write_alerts(self, alerts: Sequence[Alert]) -> None:
+        """Store changes of alert state (the `alerts` topic's records, snapshots left out by the
+        caller); one row per (rule, sensor, since, state): a change stored again overwrites itself."""
+
+    @abstractmethod
+    def alerts(self, start: TimeLike, end: TimeLike | None = None) -> list[Alert]:
+        """The changes of alert state with start <= ts (< end), oldest first."""
 
     @abstractmethod
     def count(self, spec: Topic) -> int:

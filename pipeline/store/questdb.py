@@ -26,6 +26,7 @@ import pandas as pd
 import psycopg
 from questdb import QuestDBError, Sender
 
+from pipeline.alerts import Alert
 from pipeline.config import QUESTDB_OWN_KEYS, questdb_conf, questdb_pg_params, split_host_port
 from pipeline.schema import TOPICS, Batch, Reading, Topic, as_batch
 from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, envelope_columns, to_ms
@@ -123,6 +124,17 @@ def _ddl(spec: Topic) -> str:
         f"CREATE TABLE IF NOT EXISTS {spec.name} ({cols}) "
         f"TIMESTAMP(ts) PARTITION BY DAY WAL DEDUP UPSERT KEYS(ts, {spec.key})"
     )
+
+
+# Alerts are few: written with INSERT over PG wire (no ILP table to guard). DEDUP on the designated
+# timestamp and what names a change (the episode's start follows from them), so a change written
+# again overwrites itself.
+ALERTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS alerts (ts TIMESTAMP, rule SYMBOL, sensor SYMBOL, topic SYMBOL, state SYMBOL, "
+    "since TIMESTAMP, seen TIMESTAMP, summary VARCHAR, value DOUBLE) "
+    "TIMESTAMP(ts) PARTITION BY DAY WAL DEDUP UPSERT KEYS(ts, rule, sensor, state)"
+)
+ALERT_COLUMNS = ("ts", "rule", "sensor", "topic", "state", "since", "seen", "summary", "value")
 
 
 def _run(conn: psycopg.Connection, sql: str, params: Sequence | None) -> tuple[list[str], list[tuple]]:
@@ -228,6 +240,7 @@ class QuestDBStore(Store):
     def ensure_tables(self) -> None:
         for spec in TOPICS.values():
             self._query(_ddl(spec))
+        self._query(ALERTS_DDL)
         self._tables_ready = True
 
     # ---- Tables are ours: a write never lands in a table ILP made, and is held before write() returns.
@@ -406,6 +419,24 @@ class QuestDBStore(Store):
             f"SAMPLE BY {_sample_unit(step)}"
         )
         return self._frame(spec, sql, params, envelope_columns(spec), order=["ts", k])
+
+    def write_alerts(self, alerts: Sequence[Alert]) -> None:
+        sql = f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join(['%s'] * len(ALERT_COLUMNS))})"
+        for a in alerts:
+            self._query(sql, [_naive_utc(a.ts), a.rule, a.sensor, a.topic, a.state, _naive_utc(a.since), _naive_utc(a.seen), a.summary, a.value])
+
+    def alerts(self, start: TimeLike, end: TimeLike | None = None) -> list[Alert]:
+        where, params = "ts >= %s", [_naive_utc(start)]
+        if end is not None:
+            where, params = where + " AND ts < %s", params + [_naive_utc(end)]
+        _, rows = self._query(f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE {where} ORDER BY ts, rule, sensor", params)
+        found = []
+        for row in rows:
+            item = dict(zip(ALERT_COLUMNS, row, strict=True))
+            for col in ("ts", "since", "seen"):
+                item[col] = to_ms(item[col])  # naive UTC from PG wire
+            found.append(Alert(**item))
+        return found
 
     def count(self, spec: Topic) -> int:
         _, rows = self._query(f"SELECT count(*) FROM {spec.name}")

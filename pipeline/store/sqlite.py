@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.alerts import Alert
 from pipeline.schema import TOPICS, Batch, Reading, Topic, as_batch
 from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, envelope_columns, to_ms
 
@@ -47,6 +48,13 @@ PING_TIMEOUT_S = 2.0
 MINUTE_MS = 60_000
 # Rollup tables by bucket width, widest first (what range() reads from, when it can).
 ROLLUPS = ((MINUTE_MS, "_rollup_1m"), (ROLLUP_MS, "_rollup"))
+ALERT_COLUMNS = ("rule", "sensor", "topic", "state", "since", "ts", "seen", "summary", "value")
+ALERTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS alerts (rule TEXT NOT NULL, sensor TEXT NOT NULL, topic TEXT NOT NULL, state TEXT NOT NULL, "
+    "since INTEGER NOT NULL, ts INTEGER NOT NULL, seen INTEGER NOT NULL, summary TEXT NOT NULL, value REAL, "
+    "PRIMARY KEY (rule, sensor, since, state)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);"
+)
 
 
 def _extremes(spec: Topic) -> list[tuple[str, str, str]]:
@@ -254,6 +262,7 @@ class SQLiteStore(Store):
     def ensure_tables(self) -> None:
         script = "\n".join(_schema(spec) for spec in TOPICS.values())
         script += "CREATE TABLE IF NOT EXISTS latest (topic TEXT NOT NULL, key TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (topic, key)) WITHOUT ROWID;"
+        script += ALERTS_DDL
         self._run(lambda c: c.executescript(script))
         for spec in TOPICS.values():
             self._run(lambda c, spec=spec: self._upgrade_rollups(c, spec))
@@ -423,6 +432,22 @@ class SQLiteStore(Store):
             f"WHERE ts >= ? AND ts < ? GROUP BY 1, {k} ORDER BY 1, {k}"
         )
         return self._frame(spec, sql, [start_ms, end_ms], columns)
+
+    def write_alerts(self, alerts: Sequence[Alert]) -> None:
+        rows = [tuple(getattr(a, c) for c in ALERT_COLUMNS) for a in alerts]
+
+        def tx(c: sqlite3.Connection) -> None:
+            with c:  # one transaction
+                c.executemany(f"INSERT OR REPLACE INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(ALERT_COLUMNS))})", rows)
+
+        if rows:
+            self._run(tx)
+
+    def alerts(self, start: TimeLike, end: TimeLike | None = None) -> list[Alert]:
+        sql = f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE ts >= ? AND ts < ? ORDER BY ts, rule, sensor"
+        params = (to_ms(start), to_ms(end) if end is not None else 2**62)
+        rows = self._run(lambda c: c.execute(sql, params).fetchall())
+        return [Alert(**dict(zip(ALERT_COLUMNS, row, strict=True))) for row in rows]
 
     def count(self, spec: Topic) -> int:
         return self._run(lambda c: c.execute(f"SELECT count(*) FROM {spec.name}").fetchone()[0])

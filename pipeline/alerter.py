@@ -1,0 +1,368 @@
+"""Alerter daemon: the reading and dead-letter topics -> the rules -> the `alerts` topic.
+
+It reads every reading in a consumer group of its own, `alerter` (pub/sub beside the store
+writers' queue), evaluates the rules on event time (pipeline/evaluate.py) and publishes each
+change of an alert's state to `alerts`, keyed by rule and sensor.
+
+Nothing is lost or repeated across a crash, because of the order of things:
+1. At start it replays the whole `alerts` topic into its state, as a Kafka Streams store is
+   rebuilt from its changelog: each record says the state an alert took and up to which reading
+   the rule had evaluated that sensor (`seen`).
+2. A batch of readings is evaluated; the changes it causes are produced and the alerter waits
+   until the broker has acknowledged every one of them (acks=all);
+3. only then are the batch's offsets committed.
+A crash between 2 and 3 re-reads the batch after the restart, and since the state already holds
+what step 2 published, each rule skips the readings up to its `seen` and publishes nothing twice.
+
+The embedded broker is renewed now and then (pipeline/supervisor.py) and holds nothing of the old
+one. The alerter follows RUN_DIR/broker.address as the producers do: it publishes its active
+alerts to the new broker's `alerts` topic (records marked `snapshot`, so a restart there rebuilds
+the same state), reads the new broker from its beginning, and finishes the old one (what the
+producers left there) until it has been quiet for DRAIN_QUIET_S. A broker that crashed with changes
+not yet acknowledged gets them on its replacement.
+
+Acknowledged changes then go to the store (the `alerts` table, for history) and the webhook, each
+from a thread of its own: neither can hold up the alerter. The store also gets every record of the
+replay at start (a row written again overwrites itself), so a change the store missed before a
+crash is stored after it.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
+
+from pipeline import kafka
+from pipeline.alerts import ALERTS_TOPIC, Alert, decode, encode
+from pipeline.broker import current_address
+from pipeline.config import Config
+from pipeline.daemon import Every, backoff
+from pipeline.evaluate import Engine, topic_of
+from pipeline.rules import Rule
+from pipeline.schema import TOPICS, validate_batch
+from pipeline.store import Store, StoreUnavailable
+from pipeline.webhook import Webhook
+
+GROUP = "alerter"
+REPORT_S = 10.0
+BATCH = 10_000
+POLL_S = 0.05  # longest a consume waits: a lone reading is evaluated at once
+TICK_S = 0.5  # how often the clock is looked at (stale sensors, quiet dead-letter topics)
+FOLLOW_S = 0.2  # how often RUN_DIR/broker.address is read
+DRAIN_QUIET_S = 3.0  # a broker left behind is read until it has been quiet this long...
+DRAIN_MAX_S = 60.0  # ...or this long at most
+ACK_WAIT_S = 0.25  # a publish waits for acknowledgements in slices this long, following the broker between
+STOP_PUBLISH_S = 10.0  # a stopping alerter tries this long to publish; what it gives up on is re-read next time
+
+
+def topics() -> list[str]:
+    return [n for spec in TOPICS.values() for n in (spec.name, spec.dlq)]
+
+
+@dataclass
+class Source:
+    """The alerter's consumer on one broker, with the offsets it has evaluated and not yet committed."""
+
+    address: str
+    consumer: object
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    quiet_since: float = field(default_factory=time.monotonic)
+    left_at: float | None = None  # when the alerter moved to another broker
+
+
+class StoreSink(threading.Thread):
+    """Writes acknowledged changes to the store's `alerts` table, retrying with back-off."""
+
+    def __init__(self, store: Store, stop: threading.Event):
+        super().__init__(name="alert-store", daemon=True)
+        self.store, self.stop = store, stop
+        self.queue: queue.Queue[list[Alert]] = queue.Queue()
+        self.log = logging.getLogger("alerter.store")
+        self.stored = 0
+
+    def put(self, alerts: list[Alert]) -> None:
+        changes = [a for a in alerts if not a.snapshot]
+        if changes:
+            self.queue.put(changes)
+
+    def run(self) -> None:
+        ready, attempt = False, 0
+        while True:
+            try:
+                alerts = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                if self.stop.is_set():
+                    return
+                continue
+            while True:
+                try:
+                    if not ready:
+                        self.store.ensure_tables()
+                        ready = True
+                    self.store.write_alerts(alerts)
+                    self.stored += len(alerts)
+                    if attempt:
+                        self.log.info("store takes alerts again")
+                    attempt = 0
+                    break
+                except StoreUnavailable as exc:
+                    delay = backoff(attempt)
+                    if attempt == 0 or delay >= 10:  # one line when it starts, then one per 10 s at most
+                        self.log.warning("store unavailable (%s); %d alert change(s) wait, retrying in %.1fs", exc, len(alerts), delay)
+                    attempt += 1
+                    if self.stop.wait(delay):
+                        return
+
+    def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class Alerter:
+    def __init__(self, cfg: Config, rules: tuple[Rule, ...], store: Store, stop: threading.Event):
+        self.cfg, self.stop = cfg, stop
+        self.log = logging.getLogger("alerter")
+        self.engine = Engine(rules, 1000 / cfg.rate)
+        self.sink = StoreSink(store, stop)
+        self.webhook = Webhook(cfg.alert_webhook_url, stop) if cfg.alert_webhook_url else None
+        self.sources: list[Source] = []  # the current broker's last; brokers left behind before it
+        self.producer = None
+        self.address = ""
+        self.unacked: dict[int, Alert] = {}
+        self.next_id = 0
+        self.stats = {"readings": 0, "dead": 0, "changes": 0}
+        self.assigned = False  # the current broker's partitions are ours: the clock may be looked at once caught up
+
+    # -- start: the changelog -------------------------------------------------------------------
+    def _replay(self, address: str) -> list[Alert]:
+        """Every record of `alerts` on this broker, oldest first in each partition."""
+        probe = kafka.consumer(self.cfg, f"{GROUP}-replay", "alerter-replay", offset_reset="earliest", bootstrap=address)
+        try:
+            metadata = probe.list_topics(timeout=10).topics.get(ALERTS_TOPIC)
+            if metadata is None or not metadata.partitions:
+                return []
+            parts = [TopicPartition(ALERTS_TOPIC, p) for p in metadata.partitions]
+            ends = {p: e for p, e in kafka.end_offsets(probe, parts).items() if e > 0}
+            records: list[Alert] = []
+            if not ends:
+                return records
+            probe.assign([TopicPartition(ALERTS_TOPIC, p, OFFSET_BEGINNING) for p in ends])
+            deadline = time.monotonic() + 60
+            while ends and time.monotonic() < deadline:
+                for msg in probe.consume(BATCH, timeout=0.5):
+                    if msg.error():
+                        continue
+                    if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                        ends.pop(msg.partition(), None)
+                    try:
+                        records.append(decode(msg.value()))
+                    except (msgspec.ValidationError, msgspec.DecodeError, TypeError):
+                        self.log.warning("skipping a record of %s that is not an alert (partition %d offset %d)", ALERTS_TOPIC, msg.partition(), msg.offset())
+            if ends:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"could not read {ALERTS_TOPIC} to its end"))
+            return records
+        finally:
+            probe.close()
+
+    def _attach(self, address: str, from_start: bool) -> None:
+        """Read this broker's readings (and publish to it) from now on."""
+        consumer = kafka.consumer(self.cfg, GROUP, "alerter", offset_reset="earliest", bootstrap=address)
+        consumer.subscribe(topics(), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        if self.producer is not None:
+            self.producer.flush(0)
+            self.producer.purge(in_queue=True, in_flight=True)  # unacknowledged changes are sent again below
+            self.producer.poll(0)
+        self.producer = kafka.producer(self.cfg, "alerter", bootstrap=address, overrides={"linger.ms": 0})
+        self.sources.append(Source(address, consumer))
+        self.address, self.assigned = address, False
+        if from_start:
+            self.log.info("consuming %s as group %s on %s", ", ".join(topics()), GROUP, address)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        address = current_address(self.cfg)
+        records = self._replay(address)
+        for record in records:
+            self.engine.restore(record)
+        self.sink.start()
+        self.sink.put(records)
+        if self.webhook:
+            self.webhook.start()
+        active = sum(1 for tracks in self.engine.tracks.values() for t in tracks.values() if t.state != "ok")
+        self.log.info("state rebuilt from %d record(s) of %s: %d alert(s) pending or firing", len(records), ALERTS_TOPIC, active)
+        self._attach(address, from_start=True)
+        report, tick, follow = Every(REPORT_S), Every(TICK_S), Every(FOLLOW_S)
+        reported = dict(self.stats)
+        while not self.stop.is_set():
+            caught_up = self._step()
+            if caught_up and self.assigned and tick():
+                self._publish(self.engine.tick(int(time.time() * 1000)))
+            if self.cfg.embedded_broker and follow():
+                self._follow()
+            self._retire()
+            elapsed = report()
+            if elapsed:
+                readings, dead, changes = (self.stats[k] - reported[k] for k in ("readings", "dead", "changes"))
+                self.log.info("evaluated %d readings in %.0fs (%.0f/s), %d dead letters, %d alert change(s), %d late skipped%s",
+                              readings, elapsed, readings / elapsed, dead, changes, self.engine.late, self._webhook_note())
+                reported = dict(self.stats)
+        for source in self.sources:
+            source.consumer.close()  # leaves the group at once
+        self.sink.drain(5.0)
+        self.log.info("stopped: %d readings evaluated, %d alert change(s) published", self.stats["readings"], self.stats["changes"])
+
+    def _webhook_note(self) -> str:
+        if self.webhook is None:
+            return ""
+        s = self.webhook.status
+        return f"; webhook: {s['delivered']} delivered, {s['failures']} failed attempt(s), {s['dropped']} dropped"
+
+    def _step(self) -> bool:
+        """Consume a batch from every broker (ones left behind first), evaluate, publish, commit.
+        True when the current broker had nothing more to give (the clock may be looked at)."""
+        batches = []
+        for source in self.sources:
+            current = source is self.sources[-1]
+            msgs = source.consumer.consume(BATCH, timeout=POLL_S if current and not any(batches) else 0)
+            batches.append(msgs)
+            if msgs:
+                source.quiet_since = time.monotonic()
+        changes: list[Alert] = []
+        for source, msgs in zip(self.sources, batches, strict=True):
+            changes += self._evaluate(source, msgs)
+        if not self._publish(changes):
+            return False  # not acknowledged (stopping): leave the offsets uncommitted
+        for source in self.sources:
+            self._commit(source)
+        return len(batches[-1]) < BATCH
+
+    def _evaluate(self, source: Source, msgs: list[Message]) -> list[Alert]:
+        by_topic: dict[str, list[Message]] = {}
+        for msg in msgs:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    self.log.warning("consume error: %s", msg.error().str())
+                continue
+            by_topic.setdefault(msg.topic(), []).append(msg)
+            source.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        changes: list[Alert] = []
+        now_ms = int(time.time() * 1000)
+        for topic, topic_msgs in by_topic.items():
+            base = topic_of(topic)
+            if base is not None:
+                self.stats["dead"] += len(topic_msgs)
+                changes += self.engine.dead_letters(base, [m.timestamp()[1] for m in topic_msgs])
+                continue
+            batch, _rejected = validate_batch(TOPICS[topic], list(map(Message.value, topic_msgs)), list(map(Message.key, topic_msgs)), now_ms)
+            self.stats["readings"] += len(batch)  # the writers dead-letter the rest; the dlq rule sees them there
+            changes += self.engine.readings(batch)
+        return changes
+
+    def _publish(self, changes: list[Alert]) -> bool:
+        """Produce the changes and wait until the broker has acknowledged each; False if stopped first."""
+        for alert in changes:
+            self.unacked[self.next_id] = alert
+            self._produce(self.next_id, alert)
+            self.next_id += 1
+        give_up = None
+        attempt = 0
+        while self.unacked:
+            self.producer.flush(ACK_WAIT_S)
+            if not self.unacked:
+                break
+            if self.stop.is_set():
+                give_up = give_up or time.monotonic() + STOP_PUBLISH_S
+                if time.monotonic() > give_up:
+                    self.log.warning("stopping with %d alert change(s) unacknowledged; the readings that caused them are "
+                                     "read again at the next start", len(self.unacked))
+                    return False
+            if self.cfg.embedded_broker and self._follow():
+                continue  # the new broker's producer has them all again
+            if not len(self.producer):  # some failed: send them again after a back-off
+                delay = backoff(attempt)
+                attempt += 1
+                self.log.warning("%d alert change(s) not acknowledged; sending them again in %.1fs", len(self.unacked), delay)
+                self.stop.wait(delay)
+                for i, alert in list(self.unacked.items()):
+                    self._produce(i, alert)
+        self.stats["changes"] += sum(not a.snapshot for a in changes)
+        for alert in changes:
+            if not alert.snapshot:
+                self.log.info("%s %s/%s: %s", alert.state, alert.rule, alert.sensor, alert.summary)
+        self.sink.put(changes)
+        if self.webhook:
+            self.webhook.send([a for a in changes if not a.snapshot])
+        return True
+
+    def _produce(self, i: int, alert: Alert) -> None:
+        def delivered(err, _msg):
+            if err is None:
+                self.unacked.pop(i, None)
+
+        while True:
+            try:
+                self.producer.produce(ALERTS_TOPIC, key=alert.key, value=encode(alert), on_delivery=delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _commit(self, source: Source) -> None:
+        if not source.offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in source.offsets.items()]
+        source.offsets = {}
+        try:
+            results = source.consumer.commit(offsets=tps, asynchronous=False) or []
+            failed = [f"{tp.topic}/{tp.partition}" for tp in results if tp.error is not None]
+            if failed:
+                self.log.warning("commit failed for %s; those readings are evaluated again (nothing is published twice)", ", ".join(failed))
+        except KafkaException as exc:
+            self.log.warning("commit on %s failed (%s); those readings are evaluated again", source.address, exc.args[0].str())
+
+    # -- the embedded broker's renewals ---------------------------------------------------------
+    def _follow(self) -> bool:
+        """Move to the broker RUN_DIR/broker.address names, if it changed; True if it did."""
+        address = current_address(self.cfg)
+        if address == self.address:
+            return False
+        self.log.info("the embedded broker moved to %s; publishing %d active alert(s) there and finishing %s",
+                      address, len(self.engine.active()), self.address)
+        self.sources[-1].left_at = time.monotonic()
+        self._attach(address, from_start=False)
+        for i, alert in list(self.unacked.items()):  # purged from the old broker's producer
+            self._produce(i, alert)
+        for alert in self.engine.active():
+            self.unacked[self.next_id] = alert
+            self._produce(self.next_id, alert)
+            self.next_id += 1
+        return True
+
+    def _retire(self) -> None:
+        """Close the consumers of brokers left behind once they are drained (or gone)."""
+        now = time.monotonic()
+        for source in self.sources[:-1]:
+            if now - source.quiet_since >= DRAIN_QUIET_S or now - source.left_at >= DRAIN_MAX_S:
+                self._commit(source)
+                source.consumer.close()
+                self.sources.remove(source)
+                self.log.info("finished reading %s", source.address)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self.assigned = consumer is self.sources[-1].consumer
+        self.log.info("assigned %s", ", ".join(f"{p.topic}/{p.partition}" for p in partitions))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        # What was evaluated and published is committed before another member takes over.
+        for source in self.sources:
+            if source.consumer is consumer:
+                self._commit(source)
+
+
+def run(cfg: Config, rules: tuple[Rule, ...], store: Store, stop: threading.Event) -> None:
+    Alerter(cfg, rules, store, stop).run()
