@@ -13,7 +13,7 @@ from dash_app.figures import OUTSIDE_ID, gap_threshold_ms, line_figure
 from dash_app.services import Services
 from pipeline.schema import TOPICS
 from pipeline.store import StoreUnavailable
-from pipeline.store.base import bucket_ms
+from pipeline.store.base import range_bucket_ms
 
 CHART_IDS = {c.id: c for c in CHARTS}
 
@@ -105,7 +105,7 @@ def register(app, services: Services) -> None:
         snap = history.snapshot(services.store, services.ring, services.health, start, end, points, with_ring=live,
                                 live_bucket_ms=cfg.live_bucket_ms if aggregates else 0)
         note = "store unreachable: showing live points only" if snap.error else None
-        step = bucket_ms(start, end, points)
+        step = range_bucket_ms(start, end, points)
         figures = {
             c.id: line_figure(c, snap.frames[c.topic], note, span=None if live else (start, end), interval_ms=interval_ms(services),
                               bucket_ms=step, mark_outside=True, live_envelopes=aggregates)
@@ -155,7 +155,7 @@ def register(app, services: Services) -> None:
         except StoreUnavailable:
             return no_update, no_update
         figure = line_figure(chart, frame, span=(start, end), interval_ms=interval_ms(services),
-                             bucket_ms=bucket_ms(start, end, cfg.live_max_points), mark_outside=True)
+                             bucket_ms=range_bucket_ms(start, end, cfg.live_max_points), mark_outside=True)
         return figure, {"start": start, "end": end, "points": cfg.live_max_points, "live": False, "choice": choice}
 
     @app.callback(

@@ -136,7 +136,7 @@ class JavaServer:
             self.proc = subprocess.Popen(
                 [exe, f"-Xmx{self.heap_mb}m", "-Xms32m", "-XX:+UseSerialGC", *self.jvm_options(), "-cp", os.pathsep.join(self.jars(jars)), self.main, *self.args()],
                 cwd=self.folder, env={**os.environ, **self.env()}, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=dies_with_us(),  # the kernel kills it with us (daemon.dies_with_us)
+                preexec_fn=dies_with_us(),  # noqa: PLW1509 - see daemon.dies_with_us
                 start_new_session=True,  # a Ctrl-C in the terminal reaches only us: we stop it in order
             )
         return self
@@ -149,7 +149,7 @@ class JavaServer:
             try:
                 if self.answers():
                     break
-            except Exception:  # noqa: BLE001 - not listening yet, or not yet serving: not yet
+            except Exception:  # noqa: BLE001, S110 - not listening yet, or not yet serving: not yet
                 pass
             if time.monotonic() > deadline:
                 raise ServersUnavailable(f"{self.name} did not answer within {timeout:.0f} s; its log ends:\n{self.log_tail()}")
@@ -258,7 +258,7 @@ class KafkaNode(JavaServer):
         return subprocess.Popen(
             [java(), "-Xmx128m", "-cp", jars, "kafka.tools.StorageTool", "format", "-t", self.cluster, "-c", str(self.properties)],
             cwd=self.folder, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=dies_with_us(),  # the kernel kills it with us (daemon.dies_with_us)
+            preexec_fn=dies_with_us(),  # noqa: PLW1509 - see daemon.dies_with_us
         )
 
     def jvm_options(self) -> list[str]:

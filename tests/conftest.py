@@ -1,17 +1,27 @@
 """Shared fixtures: real processes (embedded broker, `run all`, pipeline daemons) on free ports.
 
 Everything a test starts is stopped in `finally`, by PID, and binds to 127.0.0.1 only.
+
+Apache Kafka and QuestDB (pipeline.servers) start once per session, when the first test that
+needs them runs (`kafka_server`, `questdb_server`), and each such test starts from an empty
+server: every topic and group deleted, every table dropped (about a second; a fresh pair of
+servers costs 10-20 s per test here). Without Java or Maven those tests skip saying so, except
+under CI (CI=true), where that is a failure: a green CI run proves they ran.
 """
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
 
 from pipeline.schema import TOPICS
+from pipeline.servers import Kafka, QuestDB, ServersUnavailable
 from pipeline.store import open_store
 from pipeline.supervisor import STOP_BUDGET_S
-from tests.helpers import Stack, chrome_options, stop_process, wait_for
+from tests.helpers import EMBEDDED, REAL, Stack, chrome_options, stop_process, wait_for
+
+_servers: list = []  # the real servers this session started, for the logs of a failed test
 
 
 def pytest_setup_options():
@@ -19,9 +29,61 @@ def pytest_setup_options():
     return chrome_options("--window-size=1400,1200")
 
 
+def _started(server):
+    """`server` started and answering, or the test skipped (failed under CI) with the reason."""
+    try:
+        server.start().wait_ready()
+    except ServersUnavailable as exc:
+        server.close()
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run every backend: {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    _servers.append(server)
+    return server
+
+
+@pytest.fixture(scope="session")
+def kafka_server():
+    """A single-node Apache Kafka for the session."""
+    server = _started(Kafka())
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def questdb_server():
+    """A QuestDB for the session."""
+    server = _started(QuestDB())
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def stack(tmp_path):
-    with Stack(tmp_path) as instance:
+def questdb(questdb_server):
+    """The session's QuestDB with no tables."""
+    questdb_server.reset()
+    return questdb_server
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test on a real server gets the end of each server's log in its report."""
+    report = (yield).get_result()
+    if report.failed and ("questdb" in item.fixturenames or f"[{REAL}" in item.nodeid or "[questdb" in item.nodeid):
+        for server in _servers:
+            report.sections.append((f"{server.__class__.__name__} log (end)", server.log_tail()))
+
+
+@pytest.fixture
+def stack(tmp_path, request):
+    """An isolated product instance on the embedded broker and SQLite; with
+    `@on_each_backend` (tests.helpers), once more on Apache Kafka and QuestDB."""
+    env = {}
+    if getattr(request, "param", EMBEDDED) != EMBEDDED:
+        kafka, questdb = request.getfixturevalue("kafka_server"), request.getfixturevalue("questdb")
+        kafka.reset()
+        env = {"store_url": questdb.store_url, "QUESTDB_PG_URL": questdb.pg_url, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap}
+    with Stack(tmp_path, **env) as instance:
         yield instance
 
 

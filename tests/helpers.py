@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Self
 
 import psutil
+import pytest
 
 from dash_app.charts import CHARTS
 from dash_app.figures import envelope_id
@@ -25,6 +26,12 @@ TRACES = """return Array.from(document.querySelectorAll('.js-plotly-plot')).flat
   const chart = JSON.parse(gd.closest('.dash-graph').id).id;
   return gd.data.map(t => [chart + ' ' + t.meta, Array.from(t.x), Array.from(t.y)]);
 });"""
+
+
+EMBEDDED, REAL = "embedded", "kafka+questdb"
+# A test run on each backend: the embedded broker with SQLite (the default), and Apache Kafka with
+# QuestDB (pipeline.servers, started by conftest's `stack` fixture when the test asks for REAL).
+on_each_backend = pytest.mark.parametrize("stack", [EMBEDDED, REAL], indirect=True)
 
 
 def free_port() -> int:
@@ -108,7 +115,7 @@ class Stack:
     def __init__(self, tmp: Path, store_url: str | None = None, **env: str):
         self.tmp = Path(tmp)
         self.procs: list[subprocess.Popen] = []
-        self.env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+        self.env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "QUESTDB_PG_URL")}
         self.env.update(
             BROKER_PORT=str(free_port()), DASH_PORT=str(free_port()), RUN_DIR=str(self.tmp / "run"),
             STORE_URL=store_url or f"sqlite:///{self.tmp / 'store.db'}", PYTHONUNBUFFERED="1",
@@ -120,8 +127,14 @@ class Stack:
         return self.env["STORE_URL"]
 
     @property
+    def embedded(self) -> bool:
+        """True on the embedded broker (which `run all` and `broker()` start), False on a Kafka
+        named by KAFKA_BOOTSTRAP_SERVERS."""
+        return not self.env.get("KAFKA_BOOTSTRAP_SERVERS")
+
+    @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.env['BROKER_PORT']}"
+        return f"127.0.0.1:{self.env['BROKER_PORT']}" if self.embedded else self.env["KAFKA_BOOTSTRAP_SERVERS"]
 
     def config(self):
         """The product's Config as the processes this stack spawns see it."""
@@ -168,13 +181,18 @@ class Stack:
 
     @contextmanager
     def broker(self, partitions: int | None = None):
-        """The embedded broker with the product's topics (PARTITIONS each, if given)."""
+        """The product's topics (PARTITIONS each, if given) on the embedded broker, started here
+        (its process is yielded), or on the Kafka that KAFKA_BOOTSTRAP_SERVERS names (None)."""
+        from pipeline.admin import ensure_topics
+
         if partitions is not None:
             self.env["PARTITIONS"] = str(partitions)
+        if not self.embedded:
+            ensure_topics(self.config())
+            yield None
+            return
         with self.running("pipeline.run", "broker", log_name="broker") as proc:
             self.wait_log("broker", "listening", proc, 30)
-            from pipeline.admin import ensure_topics
-
             ensure_topics(self.config())
             yield proc
 

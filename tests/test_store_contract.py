@@ -1,14 +1,13 @@
 """One store contract, run against every backend.
 
-SQLite always runs (a fresh file per test). QuestDB runs when QUESTDB_URL names a server
-(e.g. `QUESTDB_URL=questdb://127.0.0.1`); its tables are dropped and recreated for each test,
-so point it at a throwaway server, never at one holding data you want to keep.
+SQLite always runs (a fresh file per test). QuestDB runs on the session's own server
+(pipeline.servers, started by conftest's `questdb_server` when Java and Maven are here): every
+table is dropped before each test.
 QuestDB's WAL tables show committed rows 10-110 ms after write() returns, so every read that
 depends on a write polls until the expected state shows up (`eventually`), with a deadline.
 """
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -16,9 +15,11 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
+from dash_app.controls import SECONDS, window
+from pipeline.config import Config
 from pipeline.schema import TOPICS, Humidity, SystemUsage, Temperature, Topic
 from pipeline.store import Store, StoreUnavailable, open_store
-from pipeline.store.base import bucket_ms, envelope_columns
+from pipeline.store.base import envelope_columns, range_bucket_ms
 
 TEMP, HUM, SYS = TOPICS["temperature"], TOPICS["humidity"], TOPICS["systemusage"]
 BASE = 1_773_137_000_000  # 2026-03-10T10:03:20Z, a multiple of 10 s
@@ -31,27 +32,13 @@ DEADLINE_S = 5.0
 # ---- backends --------------------------------------------------------------------------------
 
 
-def _questdb_store() -> Store:
-    url = os.environ.get("QUESTDB_URL", "").strip()
-    if not url:
-        pytest.skip("QUESTDB_URL not set: export QUESTDB_URL=questdb://HOST to run the contract against QuestDB")
-    store = open_store(url)
-    try:
-        store.ping()
-        for spec in TOPICS.values():  # independent tests: every test starts from empty tables
-            store._query(f"DROP TABLE IF EXISTS {spec.name}")
-    except StoreUnavailable as exc:
-        store.close()
-        pytest.skip(f"QuestDB at {url} not reachable: {exc}")
-    return store
-
-
 @pytest.fixture(params=["sqlite", "questdb"])
 def store(request, tmp_path):
     if request.param == "sqlite":
         s = open_store("sqlite:///" + str(tmp_path / "contract.db"))
     else:
-        s = _questdb_store()
+        server = request.getfixturevalue("questdb")
+        s = open_store(server.store_url, server.pg_url)
     s.ensure_tables()
     yield s
     s.close()
@@ -278,7 +265,7 @@ def test_range_downsamples_to_max_points_per_series(store, max_points):
     store.write(TEMP, temps("hall", BASE + 250, 300, value=lambda i: 40.0 + i % 11), RECEIVED)
     wait_count(store, TEMP, 600)
     start, end = BASE, BASE + 300 * SEC
-    bucket = bucket_ms(start, end, max_points)
+    bucket = range_bucket_ms(start, end, max_points)
     raw = by_key(store.since(TEMP, start, end), TEMP)
     down = store.range(TEMP, start, end, max_points)
     check_shape(down, TEMP, envelope_columns(TEMP))
@@ -304,7 +291,7 @@ def check_rows_outside_the_window_ignored(store, max_points):
     store.write(TEMP, before + inside + after, RECEIVED)
     wait_count(store, TEMP, 396)
     start, end = BASE + 45_500, BASE + 345_500  # not aligned to 10 s
-    bucket = bucket_ms(start, end, max_points)
+    bucket = range_bucket_ms(start, end, max_points)
     down = store.range(TEMP, start, end, max_points)
     assert 2 <= len(down) <= max_points
     assert all(start - bucket <= t < end for t in ms(down["ts"]))
@@ -585,6 +572,39 @@ def test_a_batch_of_columns_stores_what_its_readings_store(store, tmp_path):
         pd.testing.assert_frame_equal(store.range(TEMP, BASE, BASE + 120 * SEC, 6), other.range(TEMP, BASE, BASE + 120 * SEC, 6))
 
 
+# The page's ranges as it asks the store for them (dash_app/graphs.py): the live window in
+# LIVE_BUCKETS + 1 points, the others in LIVE_MAX_POINTS; "now" on no round second.
+NOW = BASE + 9 * 86_400_000 + 4_321
+PAGE_DEFAULTS = {name: Config.model_fields[name].default for name in ("live_window_s", "live_buckets", "live_max_points")}
+PAGE_RANGES = {
+    "live": (window("live", None, None, NOW, PAGE_DEFAULTS["live_window_s"]), PAGE_DEFAULTS["live_buckets"] + 1),
+    **{choice: (window(choice, None, None, NOW, 0), PAGE_DEFAULTS["live_max_points"]) for choice in SECONDS},
+    "custom-10-days": (window("custom", "2026-03-10", "2026-03-19", NOW, 0), PAGE_DEFAULTS["live_max_points"]),
+    "zoom": ((NOW - 5_432_123, NOW - 1_234_567), PAGE_DEFAULTS["live_max_points"]),
+}
+
+
+@pytest.mark.parametrize("page_range", list(PAGE_RANGES))
+def test_every_range_the_page_offers_gives_sqlites_frames(store, tmp_path, page_range):
+    # Three readings per point a room, at an uneven spacing, from before the window to after it:
+    # the page's buckets, their starts, means, lows and highs must be SQLite's on every store.
+    (start, end), max_points = PAGE_RANGES[page_range]
+    n = 3 * max_points
+    every = (end - start) / n * 1.01  # not a divisor of any bucket: bucket counts vary
+    readings = [
+        Temperature(ts=int(start - 2 * every + i * every) + (i * 37) % 11, room=room, value=20.0 + (i * 7 + shift) % 23 / 4, unit="°C")
+        for shift, room in enumerate(["kitchen", "hall"]) for i in range(n + 2)
+    ]
+    store.write(TEMP, readings, RECEIVED)
+    wait_count(store, TEMP, len(readings))
+    with open_store("sqlite:///" + str(tmp_path / "reference.db")) as reference:
+        reference.ensure_tables()
+        reference.write(TEMP, readings, RECEIVED)
+        want = reference.range(TEMP, start, end, max_points)
+        assert ms(want["ts"])[:2] == [start // (step := range_bucket_ms(start, end, max_points)) * step] * 2, "not downsampled"
+        pd.testing.assert_frame_equal(store.range(TEMP, start, end, max_points), want, check_exact=False, rtol=1e-9)
+
+
 def test_a_redelivered_batch_overlapping_stored_rows_keeps_count_and_averages_exact(store):
     # New rows, then a batch where half the (ts, key) are stored already with other values, one
     # comes twice, and the rest are new: the count, the last values and the long-range means
@@ -603,7 +623,7 @@ def test_a_redelivered_batch_overlapping_stored_rows_keeps_count_and_averages_ex
     assert dict(zip(ms(stored["ts"]), stored["value"], strict=True)) == final
     start, end = BASE, BASE + 150 * SEC
     down = store.range(TEMP, start, end, 4)  # 50 s buckets: the rollup on SQLite
-    step = bucket_ms(start, end, 4)
+    step = range_bucket_ms(start, end, 4)
     for t, v in zip(ms(down["ts"]), down["value"], strict=True):
         inside = [x for ts, x in final.items() if t <= ts < t + step]
         assert v == pytest.approx(sum(inside) / len(inside)), t
@@ -688,8 +708,8 @@ def write_as_a_writer(store: Store, spec: Topic, readings, attempts: int = 20) -
     pytest.fail(f"write did not succeed in {attempts} attempts")
 
 
-def test_questdb_table_dropped_under_the_writer_is_recreated_right_and_nothing_committed_is_lost():
-    store = _questdb_store()  # skips, saying why, without a reachable QUESTDB_URL
+def test_questdb_table_dropped_under_the_writer_is_recreated_right_and_nothing_committed_is_lost(questdb):
+    store = open_store(questdb.store_url, questdb.pg_url)
     try:
         store.ensure_tables()
         before, after = temps("kitchen", BASE, 50), temps("kitchen", BASE + 50 * SEC, 50)

@@ -49,6 +49,24 @@ def bucket_ms(start_ms: int, end_ms: int, max_points: int) -> int:
     return max(1, math.ceil((end_ms - start_ms) / (max_points - 1)))
 
 
+TEN_SECONDS_MS = 10_000
+MINUTE_MS = 60_000
+
+
+def range_bucket_ms(start_ms: int, end_ms: int, max_points: int) -> int:
+    """Width of the buckets `Store.range` cuts [start, end) into, the same on every store:
+    `bucket_ms`, rounded up to whole 10 seconds from 10 s on and to whole minutes from 5 minutes
+    on (SQLite reads such buckets whole from its rollups). Buckets start at multiples of the
+    width since the epoch (UTC)."""
+    step = bucket_ms(start_ms, end_ms, max_points)
+    if step < TEN_SECONDS_MS:
+        return step
+    # Whole minutes once that costs less than a fifth of the points (a week's chart then reads
+    # one minute row where the 10-second rollup has six), else whole 10 seconds.
+    width = MINUTE_MS if step >= 5 * MINUTE_MS else TEN_SECONDS_MS
+    return math.ceil(step / width) * width
+
+
 def envelope_columns(spec: Topic) -> tuple[str, ...]:
     """Columns of a downsampled range: ts, key, then each numeric field's mean, min and max."""
     return ("ts", spec.key, *(f"{c}{end}" for c in spec.numeric for end in ("", "_min", "_max")))

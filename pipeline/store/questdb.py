@@ -29,7 +29,7 @@ from questdb import QuestDBError, Sender
 from pipeline.alerts import Alert
 from pipeline.config import QUESTDB_OWN_KEYS, questdb_conf, questdb_pg_params, split_host_port
 from pipeline.schema import TOPICS, Batch, Reading, Topic, as_batch
-from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, envelope_columns, to_ms
+from pipeline.store.base import Store, StoreUnavailable, TimeLike, empty_frame, envelope_columns, range_bucket_ms, to_ms
 
 log = logging.getLogger("store.questdb")
 
@@ -107,10 +107,11 @@ def _categorical(values: list[str]) -> tuple[pd.Categorical, np.ndarray]:
 
 
 def _sample_unit(step_ms: int) -> str:
-    """SAMPLE BY interval for a bucket of step_ms, widened to whole seconds if it overflows `T`."""
+    """SAMPLE BY interval for a bucket of step_ms, in seconds if it overflows `T` (a step that long
+    is whole minutes: range_bucket_ms)."""
     if step_ms <= _MAX_INT32:
         return f"{step_ms}T"
-    return f"{-(-step_ms // 1000)}s"  # rounding up keeps the bucket count within max_points
+    return f"{step_ms // 1000}s"
 
 
 def _ddl(spec: Topic) -> str:
@@ -394,7 +395,7 @@ class QuestDBStore(Store):
     def range(self, spec: Topic, start: TimeLike, end: TimeLike, max_points: int) -> pd.DataFrame:
         start_ms, end_ms = to_ms(start), to_ms(end)
         columns = spec.series_columns
-        step = bucket_ms(start_ms, end_ms, max_points)
+        step = range_bucket_ms(start_ms, end_ms, max_points)
         if end_ms <= start_ms:
             return empty_frame(spec, columns)
         k, params = spec.key, [_naive_utc(start_ms), _naive_utc(end_ms)]
@@ -411,12 +412,14 @@ class QuestDBStore(Store):
             )
             return self._frame(spec, sql, params, columns, order=["ts", k])
         # Keyed SAMPLE BY: one row per (bucket, key) with data (no FILL: an empty bucket has no
-        # row); ts is the bucket start. Buckets are calendar-aligned (the default since 7.4), and
-        # bucket_ms() allows any alignment.
+        # row); ts is the bucket start. The same buckets as SQLite's: range_bucket_ms wide (a
+        # plain bucket_ms step gave 12 rows where SQLite gave 10), at multiples of the width since
+        # the epoch, which is where ALIGN TO CALENDAR puts buckets of T and s units in UTC
+        # (explicit: a server can be set to align to the first row by default).
         envelope = ", ".join(f"avg({c}) AS {c}, min({c}) AS {c}_min, max({c}) AS {c}_max" for c in spec.numeric)
         sql = (
             f"SELECT ts, {k}, {envelope} FROM {spec.name} WHERE ts >= %s AND ts < %s "
-            f"SAMPLE BY {_sample_unit(step)}"
+            f"SAMPLE BY {_sample_unit(step)} ALIGN TO CALENDAR"
         )
         return self._frame(spec, sql, params, envelope_columns(spec), order=["ts", k])
 

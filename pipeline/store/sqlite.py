@@ -23,7 +23,6 @@ rollups rebuilt from the raw table once, by the first `ensure_tables()` that fin
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -36,16 +35,25 @@ import numpy as np
 
 from pipeline.alerts import Alert
 from pipeline.schema import TOPICS, Batch, Reading, Topic, as_batch
-from pipeline.store.base import Store, StoreUnavailable, TimeLike, bucket_ms, empty_frame, envelope_columns, to_ms
+from pipeline.store.base import (
+    MINUTE_MS,
+    TEN_SECONDS_MS,
+    Store,
+    StoreUnavailable,
+    TimeLike,
+    empty_frame,
+    envelope_columns,
+    range_bucket_ms,
+    to_ms,
+)
 
 if TYPE_CHECKING:  # imported by the reads: a store writer's processes never load pandas
     import pandas as pd
 
 log = logging.getLogger("store.sqlite")
 
-ROLLUP_MS = 10_000
+ROLLUP_MS = TEN_SECONDS_MS
 PING_TIMEOUT_S = 2.0
-MINUTE_MS = 60_000
 # Rollup tables by bucket width, widest first (what range() reads from, when it can).
 ROLLUPS = ((MINUTE_MS, "_rollup_1m"), (ROLLUP_MS, "_rollup"))
 ALERT_COLUMNS = ("rule", "sensor", "topic", "state", "since", "ts", "seen", "summary", "value")
@@ -378,7 +386,7 @@ class SQLiteStore(Store):
     def range(self, spec: Topic, start: TimeLike, end: TimeLike, max_points: int) -> pd.DataFrame:
         start_ms, end_ms = to_ms(start), to_ms(end)
         columns = spec.series_columns
-        step = bucket_ms(start_ms, end_ms, max_points)
+        step = range_bucket_ms(start_ms, end_ms, max_points)
         t, k, fields = spec.name, spec.key, ", ".join(spec.numeric)
         extremes = _extremes(spec)
         tables = dict(ROLLUPS)
@@ -400,12 +408,9 @@ class SQLiteStore(Store):
         raw_sql = f"SELECT ts, {k}, {fields} FROM {t} WHERE ts >= ? AND ts < ? ORDER BY ts, {k}"
         if step >= ROLLUP_MS:
             # Long ranges: aggregate first and count in the same scan; only a series short enough
-            # to draw raw (rare over a long range) costs a second query. The step is rounded up to
-            # whole buckets of the rollup it reads (an edge row then falls in its bucket's step):
-            # whole minutes once that costs less than a fifth of the points (a week's chart then
-            # aggregates one row where the 10-second rollup has six), else whole 10 seconds.
+            # to draw raw (rare over a long range) costs a second query. The step is whole buckets
+            # of the rollup it reads (range_bucket_ms): an edge row then falls in its bucket's step.
             width = MINUTE_MS if step >= 5 * MINUTE_MS else ROLLUP_MS
-            step = math.ceil(step / width) * width
             # An edge row is its own min and max.
             union, params = rows([w for w, _ in ROLLUPS if w <= width], f", {fields}, {', '.join(col for col, _, _ in extremes)}",
                                  f", {fields}, {', '.join(f'{c} AS {col}' for col, _, c in extremes)}")
