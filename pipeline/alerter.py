@@ -33,6 +33,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
@@ -54,10 +55,24 @@ BATCH = 10_000
 POLL_S = 0.05  # longest a consume waits: a lone reading is evaluated at once
 TICK_S = 0.5  # how often the clock is looked at (stale sensors, quiet dead-letter topics)
 FOLLOW_S = 0.2  # how often RUN_DIR/broker.address is read
-DRAIN_QUIET_S = 3.0  # a broker left behind is read until it has been quiet this long...
-DRAIN_MAX_S = 60.0  # ...or this long at most
+DRAIN_QUIET_S = 1.0  # a broker left behind is read until it has been quiet this long since its assignment...
+DRAIN_MAX_S = 15.0  # ...or this long at most (a crashed one never answers; producers re-send 15 s to the next)
 ACK_WAIT_S = 0.25  # a publish waits for acknowledgements in slices this long, following the broker between
 STOP_PUBLISH_S = 10.0  # a stopping alerter tries this long to publish; what it gives up on is re-read next time
+
+
+def ack_file(cfg: Config) -> Path:
+    """RUN_DIR/alerter.address: the broker the alerter reads alone, having finished any before it."""
+    return Path(cfg.run_dir) / "alerter.address"
+
+
+def left_broker(cfg: Config, address: str) -> bool:
+    """Whether the alerter has finished reading the broker at `address` (the supervisor stops a
+    renewed broker only then: an alerter down during the renewal reads its rest when restarted)."""
+    try:
+        return ack_file(cfg).read_text() != address
+    except OSError:
+        return True  # no alerter has run on this RUN_DIR
 
 
 def topics() -> list[str]:
@@ -73,6 +88,7 @@ class Source:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     quiet_since: float = field(default_factory=time.monotonic)
     left_at: float | None = None  # when the alerter moved to another broker
+    assigned: bool = False
 
 
 class StoreSink(threading.Thread):
@@ -139,37 +155,6 @@ class Alerter:
         self.stats = {"readings": 0, "dead": 0, "changes": 0}
         self.assigned = False  # the current broker's partitions are ours: the clock may be looked at once caught up
 
-    # -- start: the changelog -------------------------------------------------------------------
-    def _replay(self, address: str) -> list[Alert]:
-        """Every record of `alerts` on this broker, oldest first in each partition."""
-        probe = kafka.consumer(self.cfg, f"{GROUP}-replay", "alerter-replay", offset_reset="earliest", bootstrap=address)
-        try:
-            metadata = probe.list_topics(timeout=10).topics.get(ALERTS_TOPIC)
-            if metadata is None or not metadata.partitions:
-                return []
-            parts = [TopicPartition(ALERTS_TOPIC, p) for p in metadata.partitions]
-            ends = {p: e for p, e in kafka.end_offsets(probe, parts).items() if e > 0}
-            records: list[Alert] = []
-            if not ends:
-                return records
-            probe.assign([TopicPartition(ALERTS_TOPIC, p, OFFSET_BEGINNING) for p in ends])
-            deadline = time.monotonic() + 60
-            while ends and time.monotonic() < deadline:
-                for msg in probe.consume(BATCH, timeout=0.5):
-                    if msg.error():
-                        continue
-                    if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                        ends.pop(msg.partition(), None)
-                    try:
-                        records.append(decode(msg.value()))
-                    except (msgspec.ValidationError, msgspec.DecodeError, TypeError):
-                        self.log.warning("skipping a record of %s that is not an alert (partition %d offset %d)", ALERTS_TOPIC, msg.partition(), msg.offset())
-            if ends:
-                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"could not read {ALERTS_TOPIC} to its end"))
-            return records
-        finally:
-            probe.close()
-
     def _attach(self, address: str, from_start: bool) -> None:
         """Read this broker's readings (and publish to it) from now on."""
         consumer = kafka.consumer(self.cfg, GROUP, "alerter", offset_reset="earliest", bootstrap=address)
@@ -187,7 +172,7 @@ class Alerter:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
         address = current_address(self.cfg)
-        records = self._replay(address)
+        records = read_changelog(self.cfg, address, self.log)
         for record in records:
             self.engine.restore(record)
         self.sink.start()
@@ -196,7 +181,12 @@ class Alerter:
             self.webhook.start()
         active = sum(1 for tracks in self.engine.tracks.values() for t in tracks.values() if t.state != "ok")
         self.log.info("state rebuilt from %d record(s) of %s: %d alert(s) pending or firing", len(records), ALERTS_TOPIC, active)
+        previous = self._previous(address)
+        if previous:
+            self._attach(previous, from_start=True)
+            self.sources[-1].left_at = time.monotonic()
         self._attach(address, from_start=True)
+        self._ack()
         report, tick, follow = Every(REPORT_S), Every(TICK_S), Every(FOLLOW_S)
         reported = dict(self.stats)
         while not self.stop.is_set():
@@ -217,6 +207,37 @@ class Alerter:
         self.sink.drain(5.0)
         self.log.info("stopped: %d readings evaluated, %d alert change(s) published", self.stats["readings"], self.stats["changes"])
 
+    def _previous(self, address: str) -> str | None:
+        """A broker this alerter's predecessor had not finished when it died, if it still answers."""
+        if not self.cfg.embedded_broker:
+            return None
+        try:
+            previous = ack_file(self.cfg).read_text()
+        except OSError:
+            return None
+        if previous == address:
+            return None
+        probe = kafka.consumer(self.cfg, f"{GROUP}-probe", "alerter-probe", offset_reset="earliest", bootstrap=previous)
+        try:
+            probe.list_topics(timeout=2)
+        except KafkaException:
+            return None
+        finally:
+            probe.close()
+        self.log.info("finishing %s first: the broker before %s, left unfinished", previous, address)
+        return previous
+
+    def _ack(self) -> None:
+        """Tell the supervisor the alerter reads only the current broker now (nothing left on an old one)."""
+        if self.cfg.embedded_broker and len(self.sources) == 1:
+            path = ack_file(self.cfg)
+            try:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(self.address)
+                tmp.replace(path)
+            except OSError as exc:
+                self.log.warning("cannot write %s: %s", path, exc)
+
     def _webhook_note(self) -> str:
         if self.webhook is None:
             return ""
@@ -224,23 +245,18 @@ class Alerter:
         return f"; webhook: {s['delivered']} delivered, {s['failures']} failed attempt(s), {s['dropped']} dropped"
 
     def _step(self) -> bool:
-        """Consume a batch from every broker (ones left behind first), evaluate, publish, commit.
-        True when the current broker had nothing more to give (the clock may be looked at)."""
-        batches = []
-        for source in self.sources:
-            current = source is self.sources[-1]
-            msgs = source.consumer.consume(BATCH, timeout=POLL_S if current and not any(batches) else 0)
-            batches.append(msgs)
-            if msgs:
-                source.quiet_since = time.monotonic()
-        changes: list[Alert] = []
-        for source, msgs in zip(self.sources, batches, strict=True):
-            changes += self._evaluate(source, msgs)
-        if not self._publish(changes):
+        """Consume a batch, evaluate it, publish the changes, commit. A broker left behind is read
+        to its end before the current one: its readings come first in event time, and read later
+        they would be skipped as late. True when the current broker had nothing more to give (the
+        clock may be looked at)."""
+        source = self.sources[0]
+        msgs = source.consumer.consume(BATCH, timeout=POLL_S)
+        if msgs:
+            source.quiet_since = time.monotonic()
+        if not self._publish(self._evaluate(source, msgs)):
             return False  # not acknowledged (stopping): leave the offsets uncommitted
-        for source in self.sources:
-            self._commit(source)
-        return len(batches[-1]) < BATCH
+        self._commit(source)
+        return len(self.sources) == 1 and len(msgs) < BATCH
 
     def _evaluate(self, source: Source, msgs: list[Message]) -> list[Alert]:
         by_topic: dict[str, list[Message]] = {}
@@ -347,14 +363,18 @@ class Alerter:
         """Close the consumers of brokers left behind once they are drained (or gone)."""
         now = time.monotonic()
         for source in self.sources[:-1]:
-            if now - source.quiet_since >= DRAIN_QUIET_S or now - source.left_at >= DRAIN_MAX_S:
+            if (source.assigned and now - source.quiet_since >= DRAIN_QUIET_S) or now - source.left_at >= DRAIN_MAX_S:
                 self._commit(source)
                 source.consumer.close()
                 self.sources.remove(source)
                 self.log.info("finished reading %s", source.address)
+                self._ack()
 
     def _on_assign(self, consumer, partitions) -> None:
         self.assigned = consumer is self.sources[-1].consumer
+        for source in self.sources:
+            if source.consumer is consumer:
+                source.assigned, source.quiet_since = True, time.monotonic()
         self.log.info("assigned %s", ", ".join(f"{p.topic}/{p.partition}" for p in partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -362,6 +382,60 @@ class Alerter:
         for source in self.sources:
             if source.consumer is consumer:
                 self._commit(source)
+
+
+def read_changelog(cfg: Config, address: str, log: logging.Logger) -> list[Alert]:
+    """Every record of `alerts` on the broker at `address`, oldest first in each partition."""
+    probe = kafka.consumer(cfg, f"{GROUP}-replay", "alerter-replay", offset_reset="earliest", bootstrap=address)
+    try:
+        metadata = probe.list_topics(timeout=10).topics.get(ALERTS_TOPIC)
+        if metadata is None or not metadata.partitions:
+            return []
+        parts = [TopicPartition(ALERTS_TOPIC, p) for p in metadata.partitions]
+        ends = {p: e for p, e in kafka.end_offsets(probe, parts).items() if e > 0}
+        records: list[Alert] = []
+        if not ends:
+            return records
+        probe.assign([TopicPartition(ALERTS_TOPIC, p, OFFSET_BEGINNING) for p in ends])
+        deadline = time.monotonic() + 60
+        while ends and time.monotonic() < deadline:
+            for msg in probe.consume(BATCH, timeout=0.5):
+                if msg.error():
+                    continue
+                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                    ends.pop(msg.partition(), None)
+                try:
+                    records.append(decode(msg.value()))
+                except (msgspec.ValidationError, msgspec.DecodeError, TypeError):
+                    log.warning("skipping a record of %s that is not an alert (partition %d offset %d)", ALERTS_TOPIC, msg.partition(), msg.offset())
+        if ends:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"could not read {ALERTS_TOPIC} on {address} to its end"))
+        return records
+    finally:
+        probe.close()
+
+
+def carry_changelog(cfg: Config, old: str, new: str) -> int:
+    """Copy the newest record of each alert from `old`'s `alerts` topic to `new`'s, as snapshots.
+
+    The supervisor calls this when it renews the embedded broker, before the switch: an alerter
+    that was down during the renewal, or restarts after it, rebuilds from the new broker the same
+    state (a live alerter also publishes its own snapshot when it follows). How many were copied;
+    KafkaException if either broker failed.
+    """
+    log = logging.getLogger("alerter.carry")
+    newest: dict[bytes, Alert] = {}
+    for record in read_changelog(cfg, old, log):
+        newest[record.key] = record
+    producer = kafka.producer(cfg, "alerter-carry", bootstrap=new)
+    failures: list[str] = []
+    for record in newest.values():
+        producer.produce(ALERTS_TOPIC, key=record.key, value=encode(msgspec.structs.replace(record, snapshot=True)),
+                         on_delivery=lambda err, _msg: failures.append(err.str()) if err else None)
+    left = producer.flush(10)
+    if failures or left:
+        raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{len(failures) + left} alert record(s) not copied to {new}"))
+    return len(newest)
 
 
 def run(cfg: Config, rules: tuple[Rule, ...], store: Store, stop: threading.Event) -> None:

@@ -283,6 +283,8 @@ class Supervisor:
         if not _create_topics(_at(cfg, new.address), self.stop):
             new.stop()
             return
+        if not crashed:
+            _carry_alerts(cfg, old.address, new.address)
         # New writers first (they join the new broker's groups from the earliest offset), then the
         # address switch: producers move over, and nothing reaches the new broker before its topics.
         old_writers = [k for k in self.kids if k.kind == "writer"]
@@ -306,9 +308,14 @@ class Supervisor:
                         "what the old one may have lost", new.address, replaced - began, time.monotonic() - replaced)
             return
         switched = self._wait(lambda: self._producers_on(new.address), SWITCH_S)
+        if self.stop.is_set():
+            return  # the stop drains the old broker (in self.retired) as well as the new one
         if not switched:
             log.warning("producers did not all leave %s within %.0fs", old.address, SWITCH_S)
-        drained = self._wait(lambda: _writers_drained(old.address), DRAIN_S)
+        # The alerter too has read what the old broker holds (pipeline/alerter.py: left_broker).
+        drained = self._wait(lambda: _writers_drained(old.address) and _alerter_left(cfg, old.address), DRAIN_S)
+        if self.stop.is_set():
+            return
         if not drained:
             log.warning("old writers did not store everything within %.0fs; uncommitted readings go with the old broker", DRAIN_S)
         stop_children(old_writers)
@@ -336,17 +343,24 @@ class Supervisor:
             if predicate():
                 return True
             _restart_crashed([k for k in self.kids if k.kind != "writer"])
-            time.sleep(0.25)
+            self.stop.wait(0.25)
         return predicate()
 
 
-def _wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.25)
-    return predicate()
+def _carry_alerts(cfg: Config, old: str, new: str) -> None:
+    """The alerter's changelog onto the new broker before anyone switches to it (pipeline/alerter.py)."""
+    from pipeline.alerter import carry_changelog
+
+    try:
+        log.info("carried %d alert(s) from %s to %s", carry_changelog(cfg, old, new), old, new)
+    except KafkaException as exc:
+        log.warning("could not carry the alerts from %s to %s (%s); a live alerter publishes its own", old, new, exc)
+
+
+def _alerter_left(cfg: Config, address: str) -> bool:
+    from pipeline.alerter import left_broker
+
+    return left_broker(cfg, address)
 
 
 def _writers_drained(bootstrap: str) -> bool:

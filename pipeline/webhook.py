@@ -63,7 +63,7 @@ class Webhook(threading.Thread):
                     log.info("webhook delivered %s %s/%s after %d failed attempt(s)", alert.state, alert.rule, alert.sensor, attempt)
                 return
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", None) or exc
+                reason = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
                 self.status["failures"] += 1
                 self.status["last_error"], self.status["last_error_at"] = f"{reason}", time.time()
                 delay = backoff(attempt, cap=10.0)
