@@ -347,6 +347,15 @@ class Supervisor:
         return predicate()
 
 
+def _wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.25)
+    return predicate()
+
+
 def _carry_alerts(cfg: Config, old: str, new: str) -> None:
     """The alerter's changelog onto the new broker before anyone switches to it (pipeline/alerter.py)."""
     from pipeline.alerter import carry_changelog
