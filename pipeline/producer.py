@@ -149,11 +149,16 @@ class _Outbox:
                 pass
 
     def flush(self, timeout: float) -> int:
+        """Deliver what is queued within `timeout` seconds; the number of readings left. It keeps
+        following the broker: one that crashed as we stopped is replaced, and takes the queue."""
         deadline = time.monotonic() + timeout
-        while self.retiring and time.monotonic() < deadline:
+        self.next_check = 0.0  # look now: the broker may have been replaced as we were stopped
+        while True:
+            self.follow()
             self.poll_retiring()
-            time.sleep(0.05)
-        return self.current.flush(max(0.0, deadline - time.monotonic())) + sum(len(p) for p, _ in self.retiring)
+            if not len(self) or time.monotonic() >= deadline:
+                return len(self)
+            self.current.flush(min(0.2, deadline - time.monotonic()))
 
     def __len__(self) -> int:
         return len(self.current) + sum(len(p) for p, _ in self.retiring)

@@ -124,8 +124,10 @@ def _at(cfg: Config, bootstrap: str) -> Config:
 
 
 def _create_topics(cfg: Config, stop: Stop) -> bool:
+    """Create the topics, retrying while Kafka cannot be reached; at least one try even when
+    stopping (a broker replaced during the stop needs its topics); False once stopped."""
     attempt = 0
-    while not stop.is_set():
+    while True:
         try:
             ensure_topics(cfg)
             return True
@@ -133,8 +135,8 @@ def _create_topics(cfg: Config, stop: Stop) -> bool:
             delay = backoff(attempt)
             log.warning("cannot reach Kafka at %s (%s); retrying in %.1fs", cfg.bootstrap_servers, exc, delay)
             attempt += 1
-            stop.wait(delay)
-    return False
+            if stop.wait(delay):
+                return False
 
 
 def _restart_crashed(kids: list[Child]) -> None:
@@ -206,7 +208,7 @@ class Supervisor:
             log.info("using Kafka at %s", cfg.bootstrap_servers)
         self.kids = children(self.with_dashboard, self.broker.address if self.broker else None)
         try:
-            if not _create_topics(_at(cfg, self.bootstrap), self.stop):
+            if not _create_topics(_at(cfg, self.bootstrap), self.stop) or self.stop.is_set():
                 return 0
             for k in self.kids:
                 k.start()
@@ -222,6 +224,10 @@ class Supervisor:
             return 0
         finally:
             stopping = time.monotonic()
+            if self.broker and self.broker.returncode() is not None:
+                # Crashed as the stop came: the producers' queues and the writers' drain need a broker.
+                log.error("embedded broker exited with code %s; replacing it before stopping", self.broker.returncode())
+                self.renew(crashed=True)
             log.info("stopping: producers, the alerter, then writers, then the dashboard%s", ", then the broker" if self.broker else "")
             stop_children([k for k in self.kids if k.kind == "producer"], PRODUCER_GRACE_S)
             stop_children([k for k in self.kids if k.kind == "alerter"])  # it publishes what the last readings changed
@@ -229,7 +235,7 @@ class Supervisor:
                 # The embedded broker forgets everything when it stops: let the writers store
                 # what it (and any broker being renewed) still holds first.
                 for address in [self.broker.address] + [b.address for b, _ws in self.retired]:
-                    if not _wait_until(lambda a=address: _writers_drained(a), DRAIN_S):
+                    if not self._drained(address):
                         log.warning("writers did not store everything %s holds within %.0fs; the rest is lost with it", address, DRAIN_S)
             stop_children([k for k in self.kids if k.kind == "writer"] + [w for _b, ws in self.retired for w in ws])
             stop_children([k for k in self.kids if k.kind == "dashboard"])
@@ -266,7 +272,7 @@ class Supervisor:
         if not crashed:
             log.warning("renewing the embedded broker: %s", reason)
         attempt = 0
-        while not self.stop.is_set():
+        while True:  # a crashed broker is replaced even during a stop: its producers' queues need it
             new = EmbeddedBroker(cfg, self._next_port(old.port))
             try:
                 new.start()
@@ -275,11 +281,8 @@ class Supervisor:
                 delay = backoff(attempt)
                 log.error("could not start a new embedded broker (%s); retrying in %.1fs", exc, delay)
                 attempt += 1
-                if not crashed:
-                    return  # the old one still works; try again at the next check
-                self.stop.wait(delay)
-        else:
-            return
+                if not crashed or self.stop.wait(delay):
+                    return  # not crashed: the old one still works; try again at the next check
         if not _create_topics(_at(cfg, new.address), self.stop):
             new.stop()
             return
@@ -324,6 +327,17 @@ class Supervisor:
         self.renewals += 1
         log.warning("embedded broker renewed: %s -> %s in %.1fs (renewal %d)", old.address, new.address, time.monotonic() - began, self.renewals)
 
+    def _drained(self, address: str) -> bool:
+        """Wait up to DRAIN_S for the writers to store everything `address` holds. A writer that
+        crashed (or was restarting) when the stop came is restarted: the drain needs it."""
+        deadline = time.monotonic() + DRAIN_S
+        while not _writers_drained(address):
+            if time.monotonic() > deadline:
+                return False
+            _restart_crashed([k for k in self.kids if k.kind == "writer"] + [w for _b, ws in self.retired for w in ws])
+            time.sleep(0.25)
+        return True
+
     def _producers_on(self, address: str) -> bool:
         for k in self.kids:
             if k.kind != "producer" or not k.running():
@@ -345,15 +359,6 @@ class Supervisor:
             _restart_crashed([k for k in self.kids if k.kind != "writer"])
             self.stop.wait(0.25)
         return predicate()
-
-
-def _wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.25)
-    return predicate()
 
 
 def _carry_alerts(cfg: Config, old: str, new: str) -> None:
