@@ -15,6 +15,12 @@ from dataclasses import dataclass
 import psutil
 
 DAY_S = 86_400.0
+# Now and then a room overheats (a radiator left on, the sun through a window): on average once
+# every HEAT_EVERY_S per room, for HEAT_S seconds, peaking at HEAT_PEAK_C. With the default four
+# rooms a new user sees the default `temperature-high` alert fire and resolve within minutes.
+HEAT_EVERY_S = 1800.0
+HEAT_S = (150.0, 240.0)
+HEAT_PEAK_C = 28.0
 ROOM_NAMES = ("kitchen", "living-room", "bedroom", "office", "bathroom", "hallway", "garage", "attic")
 GiB = 1024**3
 
@@ -61,6 +67,19 @@ class RoomClimate:
         self.temp_drift = Drift(sigma=0.6, tau_s=1800)
         self.hum_drift = Drift(sigma=3.0, tau_s=2400)
         self.last_t: float | None = None
+        self.heat: tuple[float, float, float] | None = None  # (start, duration, amplitude) of an overheating
+
+    def _heat(self, t: float, dt: float, temp: float) -> float:
+        """The overheating's share of the temperature at `t`: a half sine up to HEAT_PEAK_C."""
+        if self.heat is None and self.rng.random() < min(1.0, dt / HEAT_EVERY_S):
+            self.heat = (t, self.rng.uniform(*HEAT_S), max(2.0, HEAT_PEAK_C - temp))
+        if self.heat is None:
+            return 0.0
+        start, duration, amplitude = self.heat
+        if t - start >= duration:
+            self.heat = None
+            return 0.0
+        return amplitude * math.sin(math.pi * (t - start) / duration)
 
     def _cycle(self, t: float) -> float:
         # +1 at 15:00 UTC (plus this room's phase), -1 twelve hours later.
@@ -71,6 +90,7 @@ class RoomClimate:
         self.last_t = t
         cycle = self._cycle(t)
         temp = self.temp_base + self.temp_amp * cycle + self.temp_drift.step(dt, self.rng) + self.rng.gauss(0, 0.05)
+        temp += self._heat(t, dt, temp)
         # Warm air holds more water: relative humidity dips when the room warms.
         hum = self.hum_base - self.hum_amp * cycle + self.hum_drift.step(dt, self.rng) + self.rng.gauss(0, 0.3)
         return round(temp, 2), round(min(100.0, max(0.0, hum)), 1)
