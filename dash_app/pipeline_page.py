@@ -14,13 +14,14 @@ import orjson
 from dash import Input, Output, dcc, html
 from flask import Response
 
+from dash_app import replication_panel
 from dash_app.pipeline_poller import DASHBOARD_PREFIX, HISTORY_S, WRITER_PREFIX
 from dash_app.services import Services
 
 PATH = "/pipeline"
 VIEW_PATH = "/_pipeline/view"  # relative to the page in the browser: works under a path prefix too
 TICK_MS = 1000
-OUTPUTS = ("pipeline-updated", "pipeline-broker", "pipeline-topics", "pipeline-partitions", "pipeline-groups", "pipeline-dead")
+OUTPUTS = ("pipeline-updated", "pipeline-broker", replication_panel.OUTPUT, "pipeline-topics", "pipeline-partitions", "pipeline-groups", "pipeline-dead")
 
 LESSONS = {
     "broker": "Brokers keep the partitions. One of them, the controller, decides which broker leads each "
@@ -61,6 +62,7 @@ def layout(**_kwargs) -> html.Div:
         children=[
             html.Header(className="header", children=[html.H1("Pipeline"), html.Span(id="pipeline-updated", className="updated")]),
             _panel("Broker", "broker", html.Div(id="pipeline-broker")),
+            replication_panel.layout(),
             _panel("Topics", "topics", html.Div(id="pipeline-topics")),
             _panel("Partitions", "partitions", html.Div(id="pipeline-partitions")),
             _panel("Consumer groups", "groups", html.Div(id="pipeline-groups"),
@@ -102,8 +104,8 @@ def register(app, services: Services) -> None:
                 const answer = await fetch("VIEW", {cache: "no-store"});
                 if (answer.ok) { return await answer.json(); }
             } catch (e) { /* the dashboard is restarting: say so below */ }
-            return ["dashboard unreachable: retrying", none, none, none, none, none, none];
-        }""".replace("VIEW", VIEW_PATH.lstrip("/")),
+            return ["dashboard unreachable: retrying", ...Array(COUNT).fill(none)];
+        }""".replace("VIEW", VIEW_PATH.lstrip("/")).replace("COUNT", str(len(OUTPUTS))),
         *[Output(o, "children") for o in OUTPUTS], Output("pipeline-lag", "figure"), Input("pipeline-tick", "n_intervals"),
     )
 
@@ -124,6 +126,7 @@ def _render(s: dict) -> tuple:
     return (
         html.Span(updated, className="" if s["ok"] else "notice"),
         _broker(s, embedded),
+        replication_panel.render(s, _clock),
         _topics(s) if s.get("topics") is not None else "",
         _partitions(s, embedded) if s.get("partitions") is not None else "",
         _groups(s, embedded) if s.get("groups") is not None else "",
@@ -254,10 +257,18 @@ def _figure(s: dict) -> dict:
         data.append({"type": "scatter", "mode": "markers", "name": "rebalance", "x": [t for t, _, _ in events],
                      "y": [0] * len(events), "text": [text for _, _, text in events], "hoverinfo": "text+x",
                      "marker": {"symbol": "triangle-up", "size": 10, "color": "#d9480f"}})
+    moves = (s.get("replication") or {}).get("events") or []
+    shapes += [{"type": "line", "xref": "x", "yref": "paper", "x0": t, "x1": t, "y0": 0, "y1": 1,
+                "line": {"dash": "dot", "width": 1, "color": "#5f3dc4"}} for t, _, _ in moves]
+    if moves:
+        data.append({"type": "scatter", "mode": "markers", "name": "replication", "x": [t for t, _, _ in moves],
+                     "y": [0] * len(moves), "text": [text for _, _, text in moves], "hoverinfo": "text+x",
+                     "marker": {"symbol": "diamond", "size": 10, "color": "#5f3dc4"}})
     return {
         "data": data,
         "layout": {
-            "title": {"text": "Lag per group, last 15 minutes (markers: rebalances and broker renewals)", "font": {"size": 13}},
+            "title": {"text": "Lag per group, last 15 minutes (markers: rebalances and broker renewals; diamonds: leaders "
+                              "moving and in-sync replicas changing)", "font": {"size": 13}},
             "xaxis": {"type": "date", "range": [now - HISTORY_S * 1000, now]},
             "yaxis": {"title": {"text": "messages"}, "rangemode": "tozero"},
             "shapes": shapes, "margin": {"l": 50, "r": 10, "t": 30, "b": 30}, "uirevision": "lag",

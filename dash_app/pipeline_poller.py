@@ -43,6 +43,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaExcepti
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dash_app import group_wire
+from dash_app.replication_watch import ReplicationWatch
 from pipeline import kafka
 from pipeline.broker import current_address, read_address
 from pipeline.config import Config
@@ -97,6 +98,7 @@ class PipelinePoller(threading.Thread):
         self.lag_history: dict[str, deque] = {}
         self.events: deque = deque()  # (t_ms, group or "", text)
         self.dead: dict[str, deque] = {}  # source topic -> newest dead letters
+        self.replication = ReplicationWatch(HISTORY_S)
         self._reset_partitions()
 
     def _reset_partitions(self) -> None:
@@ -146,6 +148,7 @@ class PipelinePoller(threading.Thread):
         if self.address is not None and address != self.address:
             self.events.append((now, "", f"broker renewed: now {address}"))
             self._reset_partitions()
+            self.replication.reset()
         self._close_clients()
         self.address = address
         # Connection failures show on the page (broker panel): no error_cb summary lines needed.
@@ -193,6 +196,8 @@ class PipelinePoller(threading.Thread):
                     "reported_high": reported.get(tp, 0), "keys": sorted(keys),
                     "error": str(pm.error) if pm.error else None,
                 })
+        controller = desc.controller.id if desc.controller else None
+        replication = self.replication.observe(now, {b.id: f"{b.host}:{b.port}" for b in md.brokers.values()}, partitions, controller)
         totals = {name: sum(ends.get((name, p), 0) for p in t.partitions) for name, t in topics.items()}
         rates = self._rates(totals)
         topic_rows = [{"name": name, "partitions": len(t.partitions),
@@ -211,7 +216,7 @@ class PipelinePoller(threading.Thread):
         return {
             "ok": True, "t": now, "address": self.address, "embedded": self.cfg.embedded_broker,
             "generation": record.get("generation") if record else None,
-            "cluster_id": desc.cluster_id, "controller": desc.controller.id if desc.controller else None,
+            "cluster_id": desc.cluster_id, "controller": controller, "replication": replication,
             "brokers": sorted(f"{b.id} {b.host}:{b.port}" for b in md.brokers.values()),
             "topics": topic_rows, "partitions": partitions, "groups": groups,
             "dead": {topic: list(letters) for topic, letters in self.dead.items()},

@@ -18,6 +18,14 @@ def topic_names() -> list[str]:
     return [n for spec in TOPICS.values() for n in (spec.name, spec.dlq)] + [ALERTS_TOPIC]
 
 
+def min_insync(replication: int) -> int:
+    """min.insync.replicas for a topic of `replication` copies: 2 from three copies up, so that an
+    acknowledged write (acks=all) is on two brokers and one broker may be down without stopping
+    writes; 1 below that (one node, or two where a second copy required would stop writes with
+    either broker down)."""
+    return 2 if replication >= 3 else 1
+
+
 def ensure_topics(cfg: Config, timeout: float = 15.0) -> list[str]:
     """Create missing topics; return the names created. Raises KafkaException if the broker is down."""
     client = kafka.admin(cfg)
@@ -33,8 +41,11 @@ def ensure_topics(cfg: Config, timeout: float = 15.0) -> list[str]:
     if not missing:
         log.info("all %d topics exist (%d broker%s)", len(topic_names()), brokers, "" if brokers == 1 else "s")
         return []
+    # Set on the topic, not left to the brokers' default (1 unless configured): the guarantee
+    # travels with the topic. A single node gets no topic config (the embedded broker as before).
+    config = {"min.insync.replicas": str(min_insync(replication))} if replication > 1 else {}
     futures = client.create_topics(
-        [NewTopic(n, num_partitions=cfg.partitions, replication_factor=replication) for n in missing],
+        [NewTopic(n, num_partitions=cfg.partitions, replication_factor=replication, config=config) for n in missing],
         operation_timeout=timeout,
     )
     created = []
@@ -46,7 +57,7 @@ def ensure_topics(cfg: Config, timeout: float = 15.0) -> list[str]:
             if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:  # another admin won the race
                 raise
     log.info(
-        "created %s with %d partitions, replication factor %d (%d broker%s)",
-        ", ".join(created) or "nothing", cfg.partitions, replication, brokers, "" if brokers == 1 else "s",
+        "created %s with %d partitions, replication factor %d, min.insync.replicas %d (%d broker%s)",
+        ", ".join(created) or "nothing", cfg.partitions, replication, min_insync(replication), brokers, "" if brokers == 1 else "s",
     )
     return created
