@@ -199,7 +199,8 @@ class JavaServer:
 
 
 def cluster_id() -> str:
-    """A KRaft cluster id: a random UUID in URL-safe base64, as `kafka-storage.sh random-uuid` makes."""
+    """A KRaft cluster id: a random UUID in URL-safe base64, as `kafka-storage.sh random-uuid` makes
+    (it may start with "-": pass it as --cluster-id=ID)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
@@ -236,6 +237,9 @@ class KafkaNode(JavaServer):
             f"log.dirs={self.folder / 'data'}",
             "auto.create.topics.enable=false",  # topics come from pipeline.admin, never by accident
             "group.initial.rebalance.delay.ms=0",
+            # Group offsets in 5 partitions, not Kafka's 50: creating 50 (at the first group
+            # lookup) took ~60 s on two busy cores; this product has a handful of groups.
+            "offsets.topic.num.partitions=5",
             f"default.replication.factor={replicas}",
             f"min.insync.replicas={isr}",
             f"offsets.topic.replication.factor={replicas}",
@@ -260,7 +264,7 @@ class KafkaNode(JavaServer):
         """Format this node's storage (`kafka-storage.sh format`), once, before its first start."""
         jars = os.pathsep.join(self.jars(classpath()))
         return subprocess.Popen(
-            [java(), "-Xmx128m", "-cp", jars, "kafka.tools.StorageTool", "format", "-t", self.cluster, "-c", str(self.properties)],
+            [java(), "-Xmx128m", "-cp", jars, "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster}", f"--config={self.properties}"],
             cwd=self.folder, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             preexec_fn=dies_with_us(),  # noqa: PLW1509 - see daemon.dies_with_us
         )
@@ -272,10 +276,14 @@ class KafkaNode(JavaServer):
         return [str(self.properties)]
 
     def answers(self) -> bool:
-        """This node serves metadata and sees every broker of its cluster registered."""
+        """This node sees every broker of its cluster registered, and consumer groups are served
+        (the first group lookup creates __consumer_offsets: a test's first writer would wait for it)."""
         admin = _admin(self.address)  # held: a client collected while its request is out cancels it
         found = admin.describe_cluster(request_timeout=2).result()
-        return found.cluster_id == self.cluster and len(found.nodes) == self.expected_brokers
+        if found.cluster_id != self.cluster or len(found.nodes) != self.expected_brokers:
+            return False
+        admin.describe_consumer_groups(["pipeline.servers-ready"], request_timeout=5)["pipeline.servers-ready"].result()
+        return True
 
 
 class Kafka:
@@ -354,6 +362,12 @@ class Kafka:
             if time.monotonic() > deadline:
                 raise ServersUnavailable(f"Kafka did not delete topics {topics} within {timeout:.0f} s")
             time.sleep(0.05)
+
+    def busiest_leader(self, topics) -> int:
+        """The node that leads the most partitions of `topics` (the one whose loss moves the most)."""
+        md = _admin(self.bootstrap).list_topics(timeout=10)
+        leads = [pm.leader for t in topics for pm in md.topics[t].partitions.values()]
+        return max(sorted(set(leads)), key=leads.count)
 
     def log_tail(self, chars: int = 3000) -> str:
         return "\n".join(f"-- kafka node {n} --\n{node.log_tail(chars // len(self.nodes))}" for n, node in self.nodes.items())

@@ -17,9 +17,8 @@ import pytest
 
 from pipeline.schema import TOPICS
 from pipeline.servers import Kafka, QuestDB, ServersUnavailable
-from pipeline.store import open_store
 from pipeline.supervisor import STOP_BUDGET_S
-from tests.helpers import EMBEDDED, REAL, Stack, chrome_options, stop_process, wait_for
+from tests.helpers import CLUSTER, EMBEDDED, REAL, Stack, chrome_options, stop_process, wait_for
 
 _servers: list = []  # the real servers this session started, for the logs of a failed test
 
@@ -51,6 +50,14 @@ def kafka_server():
 
 
 @pytest.fixture(scope="session")
+def kafka_cluster():
+    """A three-node Apache Kafka cluster for the session (the failover tests kill and restart its nodes)."""
+    server = _started(Kafka(3))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
 def questdb_server():
     """A QuestDB for the session."""
     server = _started(QuestDB())
@@ -69,7 +76,7 @@ def questdb(questdb_server):
 def pytest_runtest_makereport(item, call):
     """A failed test on a real server gets the end of each server's log in its report."""
     report = (yield).get_result()
-    if report.failed and ("questdb" in item.fixturenames or f"[{REAL}" in item.nodeid or "[questdb" in item.nodeid):
+    if report.failed and ("questdb" in item.fixturenames or f"[{REAL}" in item.nodeid or f"[{CLUSTER}" in item.nodeid or "[questdb" in item.nodeid):
         for server in _servers:
             report.sections.append((f"{server.__class__.__name__} log (end)", server.log_tail()))
 
@@ -79,7 +86,11 @@ def stack(tmp_path, request):
     """An isolated product instance on the embedded broker and SQLite; with
     `@on_each_backend` (tests.helpers), once more on Apache Kafka and QuestDB."""
     env = {}
-    if getattr(request, "param", EMBEDDED) != EMBEDDED:
+    if getattr(request, "param", EMBEDDED) == CLUSTER:
+        cluster = request.getfixturevalue("kafka_cluster")
+        cluster.reset()
+        env = {"KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap}
+    elif getattr(request, "param", EMBEDDED) != EMBEDDED:
         kafka, questdb = request.getfixturevalue("kafka_server"), request.getfixturevalue("questdb")
         kafka.reset()
         env = {"store_url": questdb.store_url, "QUESTDB_PG_URL": questdb.pg_url, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap}
@@ -101,7 +112,7 @@ def pipeline(stack, request):
     stack.env["RATE"] = str(getattr(request, "param", 2))  # the dashboard's too, as `run all --rate` gives it
     proc = stack.spawn("pipeline.run", "all", "--no-dashboard", log_name="all")
     try:
-        with open_store(stack.store_url) as store:
+        with stack.open_store() as store:
             store.ensure_tables()
             wait_for(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 30, "rows in every table")
         yield stack

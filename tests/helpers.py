@@ -32,6 +32,8 @@ EMBEDDED, REAL = "embedded", "kafka+questdb"
 # A test run on each backend: the embedded broker with SQLite (the default), and Apache Kafka with
 # QuestDB (pipeline.servers, started by conftest's `stack` fixture when the test asks for REAL).
 on_each_backend = pytest.mark.parametrize("stack", [EMBEDDED, REAL], indirect=True)
+# Apache Kafka as a three-node cluster (conftest's `kafka_cluster`), SQLite as the store: the failover tests.
+CLUSTER = "kafka-cluster"
 
 
 def free_port() -> int:
@@ -125,6 +127,12 @@ class Stack:
     @property
     def store_url(self) -> str:
         return self.env["STORE_URL"]
+
+    def open_store(self):
+        """The store this stack's processes write (STORE_URL, and QUESTDB_PG_URL for QuestDB)."""
+        from pipeline.store import open_store
+
+        return open_store(self.store_url, self.env.get("QUESTDB_PG_URL", ""))
 
     @property
     def embedded(self) -> bool:

@@ -13,9 +13,8 @@ from confluent_kafka import Consumer, Producer
 from pipeline.kafka import group_progress
 from pipeline.schema import MAX_MESSAGE_BYTES, TOPICS
 from pipeline.simulate import device_names, room_names
-from pipeline.store import open_store
 from pipeline.writer import group_id
-from tests.helpers import stop_process, wait_for
+from tests.helpers import on_each_backend, stop_process, wait_for
 
 T = TOPICS["temperature"]
 BASE = int(time.time() * 1000) - 3_600_000
@@ -48,11 +47,12 @@ def committed(bootstrap: str, topic: str, group: str) -> int:
     return group_progress(bootstrap, topic, group)[0]
 
 
+@on_each_backend
 def test_n_messages_make_n_rows_and_resending_them_adds_none(stack, broker):
     n = 3000
     batch = readings(n)
     produce(stack.bootstrap, "temperature", batch)
-    with stack.running("pipeline.run", "consumer", "temperature", log_name="writer") as writer, open_store(stack.store_url) as store:
+    with stack.running("pipeline.run", "consumer", "temperature", log_name="writer") as writer, stack.open_store() as store:
         store.ensure_tables()
         wait_for(lambda: store.count(T) >= n, 30, f"{n} rows")
         produce(stack.bootstrap, "temperature", batch)
@@ -63,12 +63,13 @@ def test_n_messages_make_n_rows_and_resending_them_adds_none(stack, broker):
         assert writer.poll() is None
 
 
+@on_each_backend
 def test_a_full_batch_is_written_at_once_and_a_partial_one_at_its_flush_time(stack, broker):
     # Each batch is one write, so its rows share one received_at.
     n, size, flush_ms = 2500, 1000, 3000
     produce(stack.bootstrap, "temperature", readings(n))
     stack.env.update(WRITER_BATCH_SIZE=str(size), WRITER_FLUSH_MS=str(flush_ms))
-    with stack.running("pipeline.run", "consumer", "temperature", log_name="writer"), open_store(stack.store_url) as store:
+    with stack.running("pipeline.run", "consumer", "temperature", log_name="writer"), stack.open_store() as store:
         store.ensure_tables()
         wait_for(lambda: store.count(T) == n, 30, f"{n} rows")
         batches = store.since(T, BASE).groupby("received_at").size().sort_index()
@@ -78,11 +79,12 @@ def test_a_full_batch_is_written_at_once_and_a_partial_one_at_its_flush_time(sta
     assert last - second >= flush_ms, "a partial batch was written before its flush time"
 
 
+@on_each_backend
 def test_writer_killed_mid_stream_loses_and_doubles_nothing(stack, broker):
     n = 20_000
     batch = readings(n, value_offset=1.0)
     sender = threading.Thread(target=produce, args=(stack.bootstrap, "temperature", batch, 4000.0))
-    with open_store(stack.store_url) as store:
+    with stack.open_store() as store:
         store.ensure_tables()
         first = stack.spawn("pipeline.run", "consumer", "temperature", log_name="writer-1")
         try:
@@ -117,6 +119,7 @@ def dead_letters(bootstrap: str, topic: str, expected: int) -> list:
     return out
 
 
+@on_each_backend
 def test_malformed_messages_go_to_the_dead_letter_topic_with_their_reason(stack, broker):
     now = int(time.time() * 1000)
     ok = {"ts": now, "room": "kitchen", "value": 21.0, "unit": "°C"}
@@ -135,7 +138,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic_with_their_reason(stack,
         "NaN": "finite number", "infinite": "finite number", "oversized": "exceeds", "key mismatch": "does not match", "empty": "empty message",
     }
     valid = [(b"kitchen", json.dumps({**ok, "ts": now - i}).encode()) for i in range(1, 6)]
-    with stack.running("pipeline.run", "consumer", "temperature", log_name="writer") as writer, open_store(stack.store_url) as store:
+    with stack.running("pipeline.run", "consumer", "temperature", log_name="writer") as writer, stack.open_store() as store:
         store.ensure_tables()
         produce(stack.bootstrap, "temperature", valid[:2] + list(bad.values()) + valid[2:])
         letters = dead_letters(stack.bootstrap, "temperature.dlq", len(bad))
@@ -150,11 +153,12 @@ def test_malformed_messages_go_to_the_dead_letter_topic_with_their_reason(stack,
     assert "dead-lettering" in stack.log("writer")
 
 
+@on_each_backend
 def test_run_all_fills_the_store_and_stops_cleanly_on_ctrl_c(stack):
     proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", "2", log_name="all")
     try:
         started = time.monotonic()
-        with open_store(stack.store_url) as store:
+        with stack.open_store() as store:
             def every_sensor_has_rows():
                 try:
                     have = {name: set(store.latest(spec)[spec.key]) for name, spec in TOPICS.items()}
@@ -165,7 +169,7 @@ def test_run_all_fills_the_store_and_stops_cleanly_on_ctrl_c(stack):
             wait_for(every_sensor_has_rows, 15, "rows for every room and device", interval=0.25)
         print(f"every sensor had rows after {time.monotonic() - started:.1f}s")
         family = psutil.Process(proc.pid).children(recursive=True)
-        assert len(family) >= 7  # broker, 3 producers, 3 writers
+        assert len(family) >= 6 + stack.embedded  # the embedded broker, 3 producers, 3 writers
         stopped = time.monotonic()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
@@ -181,7 +185,7 @@ def test_run_all_fills_the_store_and_stops_cleanly_on_ctrl_c(stack):
 def test_supervisor_restarts_a_crashed_writer_and_a_crashed_broker(stack):
     proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", "5", log_name="all")
     try:
-        with open_store(stack.store_url) as store:
+        with stack.open_store() as store:
             store.ensure_tables()
             wait_for(lambda: store.count(T) > 0, 20, "first rows")
             writer = next(p for p in psutil.Process(proc.pid).children() if "temperature" in p.cmdline() and "consumer" in p.cmdline())

@@ -12,7 +12,7 @@ from pipeline.config import load
 from pipeline.schema import TOPICS, Temperature, as_batch
 from pipeline.store import StoreUnavailable, open_store
 from pipeline.write_behind import WriteBehind
-from tests.helpers import wait_for
+from tests.helpers import on_each_backend, wait_for
 
 T = TOPICS["temperature"]
 BASE = 1_760_000_000_000
@@ -70,6 +70,7 @@ def test_a_write_process_that_died_is_reported_and_replaced(tmp_path):
         assert store.count(T) == 100_100
 
 
+@on_each_backend
 def test_a_writer_killed_outright_leaves_no_write_process_behind(stack, broker):
     writer = stack.spawn("pipeline.run", "consumer", "temperature", log_name="writer")
     try:

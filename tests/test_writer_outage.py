@@ -8,10 +8,10 @@ import threading
 import time
 
 from pipeline.schema import TOPICS
-from pipeline.store import StoreUnavailable, open_store
+from pipeline.store import StoreUnavailable
 from pipeline.write_behind import InProcess, WriteBehind
 from pipeline.writer import StoreWriter, group_id
-from tests.helpers import wait_for
+from tests.helpers import on_each_backend, wait_for
 from tests.test_pipeline import committed, produce, readings
 
 T = TOPICS["temperature"]
@@ -41,11 +41,12 @@ class FlakyStore:
         self.store.write(*args)
 
 
+@on_each_backend
 def test_writer_keeps_its_partitions_through_an_outage_longer_than_max_poll_interval(stack, broker, caplog):
     caplog.set_level(logging.INFO, logger="writer.temperature")
     cfg = Cfg(stack.config(), writer_max_poll_interval_ms=6000)  # librdkafka's minimum is session.timeout.ms
     n = 4000
-    with open_store(stack.store_url) as real:
+    with stack.open_store() as real:
         store = FlakyStore(real)
         store.ensure_tables()
         stop = threading.Event()
@@ -77,7 +78,7 @@ def test_a_write_stalled_longer_than_max_poll_interval_keeps_the_writer_in_its_g
     caplog.set_level(logging.INFO, logger="writer.temperature")
     cfg = Cfg(stack.config(), writer_max_poll_interval_ms=6000)
     n = 4000
-    with WriteBehind(cfg) as writes, open_store(stack.store_url) as real:
+    with WriteBehind(cfg) as writes, stack.open_store() as real:
         stop = threading.Event()
         thread = threading.Thread(target=StoreWriter(cfg, T, writes, stop).run)
         thread.start()
@@ -102,11 +103,12 @@ def test_a_write_stalled_longer_than_max_poll_interval_keeps_the_writer_in_its_g
     assert "revoked" not in text and "commit failed" not in text and "write failed" not in text, text[-2000:]
 
 
+@on_each_backend
 def test_dead_letters_are_summarised_per_interval(stack, broker, caplog):
     caplog.set_level(logging.INFO, logger="writer.temperature")
     bad = [(b"kitchen", b"{oops %d" % i) for i in range(500)]
     good = [(b"kitchen", json.dumps({"ts": int(time.time() * 1000) - i, "room": "kitchen", "value": 20.0, "unit": "°C"}).encode()) for i in range(1, 4)]
-    with open_store(stack.store_url) as store:
+    with stack.open_store() as store:
         stop = threading.Event()
         thread = threading.Thread(target=StoreWriter(stack.config(), T, InProcess(store), stop).run)
         thread.start()
