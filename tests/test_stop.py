@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -103,6 +104,20 @@ def killed_leaves_nothing(proc: subprocess.Popen, marker: str, what: str) -> Non
     assert not marked(marker), f"seed {SEED}, {what}: alive {KILLED_GONE_S}s after SIGKILL: {describe(marked(marker))}"
 
 
+def wait_for_handlers(proc: subprocess.Popen, what: str) -> None:
+    """Wait until the command has installed its stop handlers (SIGTERM among the signals it catches).
+
+    Before that, the interpreter itself is starting: a Ctrl-C then ends it as it would end any
+    Python program (KeyboardInterrupt), which no code of ours can change. The product installs
+    them before its slow imports, as the first thing its code does."""
+    def installed() -> bool:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) & 1 << (signal.SIGTERM - 1))
+
+    wait_for(installed, 30, f"{what}: the stop handlers", interval=0.01, ignore=(OSError,))
+
+
 def child(proc: subprocess.Popen, *words: str) -> psutil.Process:
     """The supervisor's child whose command line has all of `words`."""
     return next(p for p in psutil.Process(proc.pid).children() if all(w in p.cmdline() for w in words))
@@ -125,6 +140,7 @@ def test_ctrl_c_at_random_moments_of_run_all_stops_everything_and_loses_nothing(
             proc = stack.spawn("pipeline.run", "all", "--no-dashboard", "--rate", RATE, log_name=name, env=env)
             try:
                 if moment == "starting":
+                    wait_for_handlers(proc, what)
                     time.sleep(rng.uniform(0, 4))
                 else:
                     wait_for(rows_everywhere(stack, before), 60, f"{what}: rows in every table", interval=0.2)
@@ -177,6 +193,7 @@ def test_dashboard_stops_on_ctrl_c_at_any_moment_and_dies_when_killed(stack, bro
         what, marker, name = f"dash_app {'SIGINT' if i < 6 else 'SIGKILL'} {i}", f"{SEED}-dash-{i}", f"dash-{i}"
         proc = stack.spawn("dash_app", log_name=name, env={"STOP_CHAOS": marker})
         try:
+            wait_for_handlers(proc, what)
             if i >= 6 or rng.random() < 0.5:  # half the Ctrl-Cs, and every kill, while it serves
                 wait_for(lambda: urllib.request.urlopen(url, timeout=2).status == 200, 60, f"{what}: the page", ignore=(OSError,))
             time.sleep(rng.uniform(0, 3))
@@ -197,6 +214,7 @@ def test_a_lone_daemon_stops_on_ctrl_c_at_any_moment_and_dies_when_killed(stack,
         what, marker, name = f"{command} {'SIGINT' if i < 6 else 'SIGKILL'} {i}", f"{SEED}-{command}-{i}", f"{command}-{i}"
         proc = stack.spawn("pipeline.run", command, "temperature", log_name=name, env={"STOP_CHAOS": marker})
         try:
+            wait_for_handlers(proc, what)
             if rng.random() < 0.5:
                 stack.wait_log(name, "sending" if command == "producer" else "store writes go to process", proc, 60)
             time.sleep(rng.uniform(0, 2))
