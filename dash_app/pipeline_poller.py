@@ -85,6 +85,22 @@ def range_assign(member_ids: list[str], partitions: dict[str, int]) -> dict[str,
     return out
 
 
+def _offsets(futures: dict, known: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """Each partition's offset from list_offsets; one that fails keeps what is `known` (else 0).
+
+    Right after a leader moves, the new leader answers OFFSET_NOT_AVAILABLE ("leader high
+    watermark is not caught up") for a moment: one partition's answer must not fail the poll,
+    or the page would call the whole cluster unreachable just when it has the most to show."""
+    out = {}
+    for tp, future in futures.items():
+        key = (tp.topic, tp.partition)
+        try:
+            out[key] = future.result().offset
+        except KafkaException:
+            out[key] = known.get(key, 0)
+    return out
+
+
 class PipelinePoller(threading.Thread):
     def __init__(self, cfg: Config, stopping: threading.Event, interval: float = POLL_S):
         super().__init__(name="pipeline-poller", daemon=True)
@@ -178,8 +194,8 @@ class PipelinePoller(threading.Thread):
         groups = self._groups(group_ids, {n: len(t.partitions) for n, t in topics.items()})
         # Committed offsets before end offsets: a commit can then never pass the end it is compared with.
         committed = self._committed(group_ids)
-        reported = {(tp.topic, tp.partition): f.result().offset for tp, f in latest.items()}
-        low = {(tp.topic, tp.partition): f.result().offset for tp, f in earliest.items()}
+        reported = _offsets(latest, self.ends)
+        low = _offsets(earliest, {})
         self._read_tails(reported, low)
         # self.ends holds only ends read from a partition: taking the reported one as read would
         # skip a partition whose tail read READ_S cut short (a busy broker), for good.

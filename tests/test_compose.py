@@ -118,3 +118,17 @@ def test_product_services_set_only_settings_the_product_reads(services):
     for name in STACKS["single"][1] + STACKS["cluster"][1]:
         unknown = set(env_of(services[name])) - documented
         assert not unknown, f"{name} sets variables pipeline/config.py does not read: {sorted(unknown)}"
+
+
+def test_cluster_profile_runs_what_pipeline_servers_runs(services, tmp_path):
+    """The failover tests' cluster (`pipeline.servers`, three KRaft nodes) is configured as the
+    compose cluster profile is, in every setting replication and failover depend on."""
+    from pipeline.servers import KafkaNode
+
+    node = KafkaNode(1, 1, 2, {1: 2, 2: 3, 3: 4}, "cluster", 256, tmp_path)
+    props = dict(line.split("=", 1) for line in node.properties.read_text().splitlines() if "=" in line)
+    env = env_of(services["kafka-1"])
+    for key in ("default.replication.factor", "min.insync.replicas", "offsets.topic.replication.factor",
+                "transaction.state.log.replication.factor", "transaction.state.log.min.isr", "broker.session.timeout.ms",
+                "broker.heartbeat.interval.ms", "auto.create.topics.enable", "group.initial.rebalance.delay.ms"):
+        assert env["KAFKA_" + key.upper().replace(".", "_")] == props[key], key
