@@ -4,7 +4,7 @@ import statistics
 
 from pipeline.producer import first_tick_ms
 from pipeline.schema import TOPICS
-from pipeline.simulate import RoomClimate, SimulatedMachine, room_names
+from pipeline.simulate import RoomClimate, SimulatedMachine, ThisMachine, room_names
 
 
 def test_room_climate_is_smooth_and_follows_a_daily_cycle():
@@ -31,6 +31,16 @@ def test_simulated_machine_stays_in_range():
     for t in range(0, 86_400, 30):
         cpu, used, total = m.read(t)
         assert 0 <= cpu <= 100 and 0 < used <= total
+
+
+def test_this_machine_samples_its_cpu_over_a_second_not_per_reading():
+    """At 200 readings/s a reading's own 5 ms window sees the CPU busy or idle: the series
+    would flip between 0 and 100. Readings within a second repeat one sample over that second."""
+    m = ThisMachine()
+    t0 = 1_795_600_000.0
+    readings = [m.read(t0 + i * 0.005) for i in range(400)]  # 2 s at 200 readings/s
+    assert readings[0] == readings[190] and readings[210] == readings[399]  # one sample per second
+    assert all(0 <= cpu <= 100 and 0 < used <= total for cpu, used, total in readings)
 
 
 def test_room_names_extend_past_the_named_rooms():
