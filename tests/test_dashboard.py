@@ -24,7 +24,7 @@ from dash_app.services import Services
 from pipeline.broker import read_address
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
-from tests.helpers import TRACES, bucket_check, stop_process, wait_for
+from tests.helpers import TRACES, bucket_check, on_each_backend, stop_process, wait_for
 
 BROWSER_POINTS = """
 return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
@@ -75,6 +75,7 @@ def assert_browser_equals_store(duo, store) -> int:
     return checked
 
 
+@on_each_backend
 def test_history_then_live_points_match_the_store_without_loss(dashboard):
     duo, services = dashboard
     duo.wait_for_text_to_equal("#status", "live", timeout=30)
@@ -82,7 +83,7 @@ def test_history_then_live_points_match_the_store_without_loss(dashboard):
     first = {k: len(v) for k, v in browser_series(duo).items()}
     # 40 live points per trace: 20 s of streaming at 2 readings/s.
     wait_for(lambda: all(len(browser_series(duo).get(k, [])) >= n + 40 for k, n in first.items()), 60, "40 live points in every trace")
-    with open_store(services.cfg.store_url) as store:
+    with open_store(services.cfg.store_url, services.cfg.questdb_pg_url) as store:
         checked = assert_browser_equals_store(duo, store)
     assert checked > 300
     cards = duo.find_elements(".card-value")

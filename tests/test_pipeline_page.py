@@ -18,7 +18,7 @@ from dash_app.pipeline_poller import group_topics, range_assign
 from dash_app.services import Services
 from pipeline.broker import current_address
 from pipeline.schema import TOPICS, InvalidMessage, validate
-from tests.helpers import wait_for
+from tests.helpers import on_each_backend, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -79,6 +79,7 @@ def split_covers_all(found: list[dict], count: int, partitions: int) -> bool:
             and union == {f"temperature/{p}" for p in range(partitions)} and all(owned))
 
 
+@on_each_backend
 def test_pipeline_page_shows_topics_groups_a_rebalance_and_dead_letters(dash_duo, pipeline):
     services = Services.from_config(pipeline.config()).start()
     try:
