@@ -31,6 +31,7 @@ log = logging.getLogger("dash_app.live")
 HEARTBEAT_S = 1.0  # idle connections still get a frame this often: it carries the status
 ACK_TIMEOUT_S = 60  # a page that has not answered a frame for this long is gone
 START_MARGIN_MS = 10_000  # the ring starts this long before the process did
+SEEK_RETRY_S = 5.0  # how long a new assignment retries finding its resume offsets
 
 
 class Gap(Exception):
@@ -231,14 +232,23 @@ class LiveFeed(threading.Thread):
             for p in partitions:
                 p.offset = done.get((p.topic, p.partition), OFFSET_BEGINNING)
         else:
-            try:
-                found = consumer.offsets_for_times([TopicPartition(p.topic, p.partition, self.resume_ms) for p in partitions], timeout=5)
-                for p, f in zip(partitions, found):
-                    p.offset = f.offset if f.offset >= 0 else OFFSET_END  # -1: nothing that recent yet
-            except KafkaException as exc:
-                log.warning("cannot seek to %d (%s); reading from the latest offsets", self.resume_ms, exc)
-                for p in partitions:
-                    p.offset = OFFSET_END
+            # A leader that has just taken over answers OFFSET_NOT_AVAILABLE until its high
+            # watermark has caught up (about a second): ask again rather than skip to the end.
+            deadline = time.monotonic() + SEEK_RETRY_S
+            while True:
+                try:
+                    found = consumer.offsets_for_times([TopicPartition(p.topic, p.partition, self.resume_ms) for p in partitions], timeout=5)
+                    for p, f in zip(partitions, found):
+                        p.offset = f.offset if f.offset >= 0 else OFFSET_END  # -1: nothing that recent yet
+                    break
+                except KafkaException as exc:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.2)
+                        continue
+                    log.warning("cannot seek to %d (%s); reading from the latest offsets", self.resume_ms, exc)
+                    for p in partitions:
+                        p.offset = OFFSET_END
+                    break
         consumer.assign(partitions)
         log.info("live feed assigned %d partitions from %s", len(partitions),
                  "the beginning" if from_start else time.strftime("%H:%M:%S", time.gmtime(self.resume_ms / 1000)))

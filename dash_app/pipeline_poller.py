@@ -182,13 +182,20 @@ class PipelinePoller(threading.Thread):
             self._connect(address)
         admin, now = self.admin, int(time.time() * 1000)
         md = admin.list_topics(timeout=TIMEOUT_S)
+        replication = self._publish_replicas(now, md)
         cluster = admin.describe_cluster(request_timeout=TIMEOUT_S)
         listed = admin.list_consumer_groups(request_timeout=TIMEOUT_S)
         topics = {name: t for name, t in md.topics.items() if not name.startswith("__")}
         parts = [TopicPartition(name, p) for name, t in topics.items() for p in t.partitions]
         latest = admin.list_offsets({tp: OffsetSpec.latest() for tp in parts}, request_timeout=TIMEOUT_S) if parts else {}
         earliest = admin.list_offsets({tp: OffsetSpec.earliest() for tp in parts}, request_timeout=TIMEOUT_S) if parts else {}
-        desc = cluster.result()
+        try:
+            desc = cluster.result()
+            cluster_id, controller = desc.cluster_id, desc.controller.id if desc.controller else None
+        except KafkaException:
+            # It goes to the controller: while a dead controller's successor is being elected it
+            # times out, and the metadata's controller id and the last cluster id are as good.
+            cluster_id, controller = self.snapshot.get("cluster_id"), md.controller_id
         listed_ids = {g.group_id for g in listed.result().valid}
         group_ids = sorted(listed_ids | {g for g in kafka.created_groups if g.startswith(DASHBOARD_PREFIX)})
         groups = self._groups(group_ids, {n: len(t.partitions) for n, t in topics.items()})
@@ -212,8 +219,6 @@ class PipelinePoller(threading.Thread):
                     "reported_high": reported.get(tp, 0), "keys": sorted(keys),
                     "error": str(pm.error) if pm.error else None,
                 })
-        controller = desc.controller.id if desc.controller else None
-        replication = self.replication.observe(now, {b.id: f"{b.host}:{b.port}" for b in md.brokers.values()}, partitions, controller)
         totals = {name: sum(ends.get((name, p), 0) for p in t.partitions) for name, t in topics.items()}
         rates = self._rates(totals)
         topic_rows = [{"name": name, "partitions": len(t.partitions),
@@ -232,13 +237,30 @@ class PipelinePoller(threading.Thread):
         return {
             "ok": True, "t": now, "address": self.address, "embedded": self.cfg.embedded_broker,
             "generation": record.get("generation") if record else None,
-            "cluster_id": desc.cluster_id, "controller": controller, "replication": replication,
+            "cluster_id": cluster_id, "controller": controller, "replication": replication,
             "brokers": sorted(f"{b.id} {b.host}:{b.port}" for b in md.brokers.values()),
             "topics": topic_rows, "partitions": partitions, "groups": groups,
             "dead": {topic: list(letters) for topic, letters in self.dead.items()},
             "lag_history": {g: list(h) for g, h in self.lag_history.items()},
             "events": list(self.events),
         }
+
+    def _publish_replicas(self, now: int, md) -> dict:
+        """Leaders and in-sync sets as soon as the metadata answers, in the latest snapshot.
+
+        The rest of a poll asks each partition's leader and each group's coordinator: when a
+        broker has just died those requests wait out their timeouts (2.4 s polls, measured), and
+        the page would show leaders moving seconds after the metadata did."""
+        rows = [{"topic": name, "partition": p, "leader": pm.leader, "replicas": list(pm.replicas), "isr": list(pm.isrs)}
+                for name, t in sorted(md.topics.items()) if not name.startswith("__") for p, pm in sorted(t.partitions.items())]
+        replication = self.replication.observe(now, {b.id: f"{b.host}:{b.port}" for b in md.brokers.values()}, rows, md.controller_id)
+        with self.lock:
+            if self.snapshot.get("ok"):
+                fresh = {(r["topic"], r["partition"]): r for r in rows}
+                partitions = [{**p, **fresh.get((p["topic"], p["partition"]), {})} for p in self.snapshot["partitions"]]
+                self.snapshot = {**self.snapshot, "partitions": partitions, "replication": replication}
+                self.version += 1
+        return replication
 
     def _groups(self, group_ids: list[str], partition_counts: dict[str, int]) -> list[dict]:
         if not group_ids:

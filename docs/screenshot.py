@@ -2,6 +2,11 @@
 
     python docs/screenshot.py                 # start a private stack with 10 min of history
     python docs/screenshot.py --url URL       # or photograph a dashboard that is running
+    python docs/screenshot.py --replication   # /pipeline's Replication panel, a broker of a three-node cluster killed
+
+--replication runs `run all` on a three-node Apache Kafka cluster (pipeline.servers: Java and
+Maven), kills the broker leading the most partitions and photographs the panel once the page
+shows its leaderships moved, to docs/replication.png.
 
 Needs what the tests need: selenium (tests/requirements.txt) and Debian's chromium + chromedriver.
 """
@@ -20,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline import config
 from pipeline.producer import sensors
 from pipeline.schema import TOPICS
+from pipeline.servers import Kafka
 from pipeline.store import open_store
 from tests.helpers import Stack, browser, wait_for
 
@@ -46,13 +52,37 @@ def shoot(url: str, out: Path) -> None:
         driver.quit()
 
 
+def shoot_replication(out: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="screenshot-") as tmp, Kafka(3) as cluster, \
+            Stack(Path(tmp), KAFKA_BOOTSTRAP_SERVERS=cluster.bootstrap) as stack:
+        stack.spawn("pipeline.run", "all", "--rate", "5", log_name="all")
+        url = f"http://127.0.0.1:{stack.env['DASH_PORT']}/pipeline"
+        wait_for(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 90, "the dashboard to answer", interval=0.5, ignore=(OSError,))
+        driver = browser("--hide-scrollbars", "--window-size=1400,1400")
+        try:
+            driver.get(url)
+            lead = "return document.querySelectorAll('#replicas-table td[data-broker=\"%d\"][data-role=\"leader\"]').length"
+            wait_for(lambda: driver.find_elements("css selector", '#replicas-table td[data-role="leader"]'), 90, "the replicas grid")
+            victim = cluster.busiest_leader(TOPICS)
+            cluster.kill(victim)
+            wait_for(lambda: driver.execute_script(lead % victim) == 0, 60, f"broker {victim}'s leaderships moved on the page")
+            wait_for(lambda: driver.find_elements("css selector", ".repl-event.isr-shrink"), 30, "the in-sync sets shrinking")
+            driver.find_element("id", "panel-replication").screenshot(str(out))
+        finally:
+            driver.quit()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running dashboard to photograph")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     parser.add_argument("--history-minutes", type=int, default=10)
+    parser.add_argument("--replication", action="store_true", help="photograph /pipeline's Replication panel with a broker killed")
     args = parser.parse_args()
-    if args.url:
+    if args.replication:
+        args.out = ROOT / "docs" / "replication.png" if args.out == parser.get_default("out") else args.out
+        shoot_replication(args.out)
+    elif args.url:
         shoot(args.url, args.out)
     else:
         with tempfile.TemporaryDirectory(prefix="screenshot-") as tmp, Stack(Path(tmp)) as stack:
