@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import os
 import re
@@ -55,6 +56,7 @@ class ServersUnavailable(RuntimeError):
 # ---- Java and Maven ------------------------------------------------------------------------
 
 
+@functools.cache
 def java() -> str:
     """The java executable (JAVA_HOME's, else PATH's), checked to be version JAVA_MIN or later."""
     home = os.environ.get("JAVA_HOME")
@@ -85,7 +87,9 @@ def classpath() -> list[str]:
         capture_output=True, text=True, check=False,
     )
     if done.returncode != 0 or not partial.exists():
-        errors = [line for line in done.stdout.splitlines() if line.startswith("[ERROR]")] or done.stderr.splitlines() or ["no output"]
+        out = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)  # Maven colours some lines whatever it is told
+        errors = [line for line in out.splitlines() if line.startswith("[ERROR] ") and line[8:].strip()]
+        errors = errors or done.stderr.splitlines() or [f"mvn exited with {done.returncode}"]
         raise ServersUnavailable(f"Maven could not resolve the servers of {POM}: {errors[0]}")
     partial.replace(cached)
     return cached.read_text().strip().split(os.pathsep)
