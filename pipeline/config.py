@@ -128,8 +128,9 @@ class Config(BaseSettings):
         "line naming the rule and what it accepts.")
     alert_webhook_url: str = _setting(
         "", "empty, or an `http://` or `https://` URL",
-        "Where each change of an alert's state is POSTed as JSON (retried with back-off; a failure is logged and shown on "
-        "/pipeline, and never holds up the alerter). Empty: no webhook.")
+        "Where each change of an alert's state is POSTed as JSON (retried with back-off, never holding up the alerter; "
+        "each failed attempt is logged, and the alerter's progress line counts deliveries, failures and changes given up). "
+        "Empty: no webhook.")
     run_dir: str = _setting(
         DEFAULT_RUN_DIR, "a folder path", "Folder for the embedded broker's pidfile and the default SQLite database.", min_length=1)
     log_level: str = _setting("INFO", ", ".join(LOG_LEVELS), "Logging level of every daemon.")
