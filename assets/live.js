@@ -18,6 +18,8 @@
   const BUSY = 1013; // the server streams to as many pages as it may (LIVE_MAX_PAGES)
   const BUSY_RETRY_MS = 10000;
   const RELOAD_MS = 2000;
+  const ALERTS_KEEP_MS = 24 * 3600 * 1000; // the panel's "last 24 h"
+  const ALERTS_KEPT = 2000;
   const noUpdate = () => window.dash_clientside.no_update;
 
   function socketUrl(since, load) {
@@ -160,15 +162,16 @@
         return socketUrl(since, cursor.load);
       },
 
-      /* Each frame: draw it, merge the cards' values, pass on the status, and ask for the next. */
-      frame: function (message, figures, liveState, cursor, latest, health, reload, config) {
+      /* Each frame: draw it, merge the cards' values and the alert changes, pass on the status,
+       * and ask for the next. */
+      frame: function (message, figures, liveState, cursor, latest, health, reload, config, alertsLive, alertsHistory) {
         const ctx = window.dash_clientside.callback_context;
         const chartIds = ctx.states_list[0].map((s) => s.id.id);
-        const none = [figures.map(noUpdate), noUpdate(), noUpdate(), noUpdate(), noUpdate()];
+        const none = [figures.map(noUpdate), noUpdate(), noUpdate(), noUpdate(), noUpdate(), noUpdate()];
         if (!message || !cursor) return none;
         const frame = JSON.parse(message.data);
         const reloadOut = (wanted) => (wanted && Date.now() - (reload || 0) > RELOAD_MS ? Date.now() : noUpdate());
-        if (frame.reset) return none.slice(0, 4).concat([reloadOut(true)]); // the cursor is gone: new history
+        if (frame.reset) return none.slice(0, 4).concat([reloadOut(true), noUpdate()]); // the cursor is gone: new history
         const same = liveState && liveState.load === cursor.load;
         const expected = same ? liveState.cursor : cursor.cursor;
         if (frame.from !== expected) return none; // from a socket this page has already left
@@ -185,12 +188,15 @@
         }
         const healthChanged = JSON.stringify(frame.status) !== JSON.stringify(health);
         const storeBack = cursor.error && frame.status.store;
+        const alerts = mergeAlerts(alertsLive, frame.alerts);
+        const banded = withAlertBands(drawn.figures, figures, chartIds, cursor.live, config, alerts || alertsLive, alertsHistory);
         return [
-          drawn.figures.map((f) => f || noUpdate()),
+          banded.map((f) => f || noUpdate()),
           { load: cursor.load, cursor: frame.to, tails: tails, n: frame.n },
           merged || noUpdate(),
           healthChanged ? frame.status : noUpdate(),
           reloadOut(drawn.unknown || storeBack),
+          alerts || noUpdate(),
         ];
       },
 
@@ -203,8 +209,9 @@
       },
 
       /* Each card: value, age, stale (no reading for config.staleMs: "last seen …", class
-       * card-stale, counted in the header) and a flag when the value is outside a chart's band. */
-      cards: function (_tick, _shells, latest, config) {
+       * card-stale, counted in the header), a flag when the value is outside a chart's band, and
+       * the rules firing for its sensor (`firing`, from assets/alerts.js: class card-firing). */
+      cards: function (_tick, _shells, firing, latest, config) {
         const ctx = window.dash_clientside.callback_context;
         const ids = ctx.outputs_list[0].map((o) => o.id.id);
         const now = Date.now();
@@ -220,8 +227,9 @@
           if (!item) return "";
           return stale[i] ? "stale · last seen " + formatAge(now - item.ts) : formatAge(now - item.ts);
         });
-        const flags = ids.map((id) => outOfBand((latest || {})[id], config));
-        const classes = ids.map((_, i) => "card" + (stale[i] ? " card-stale" : "") + (flags[i] ? " card-alert" : ""));
+        const rules = ids.map((id) => (firing || {})[id] || "");
+        const flags = ids.map((id, i) => [rules[i] && "firing: " + rules[i], outOfBand((latest || {})[id], config)].filter(Boolean).join(" · "));
+        const classes = ids.map((_, i) => "card" + (stale[i] ? " card-stale" : "") + (flags[i] ? " card-alert" : "") + (rules[i] ? " card-firing" : ""));
         const staleCount = stale.filter(Boolean).length;
         return [values, ages, classes, flags, staleCount ? staleCount + " stale" : ""];
       },
@@ -237,6 +245,42 @@
       },
     },
   });
+
+  /* The `alerts-live` store with a frame's alert changes added (null when it brings none); changes
+   * older than a day leave it, and at most ALERTS_KEPT stay (a rule flapping all day). */
+  function mergeAlerts(alertsLive, changes) {
+    if (!changes || !changes.length) return null;
+    const cutoff = Date.now() - ALERTS_KEEP_MS;
+    const all = Object.values((alertsLive || {}).changes || {}).concat(changes).filter((c) => c.ts >= cutoff);
+    const kept = {};
+    for (const c of all.sort((a, b) => a.ts - b.ts).slice(-ALERTS_KEPT)) kept[c.id] = c;
+    return { changes: kept };
+  }
+
+  /* The figures with a band over the time each of their alerts fired (assets/alerts.js shapes):
+   * a chart is given new bands when they differ from those it has (an alert fired or resolved,
+   * a history load replaced the figure), and an open band is stretched to now only when the
+   * chart redraws anyway (a redraw costs more than the band's last fraction of a second). */
+  function withAlertBands(drawn, figures, chartIds, live, config, alertsLive, alertsHistory) {
+    const alerting = window.dash_clientside.alerts;
+    const eps = alerting.episodes(alertsHistory, alertsLive);
+    const now = Date.now();
+    const from = live ? now - config.windowMs : -Infinity;
+    // By name (episode and end): an open band's end moves with the clock, and a closed one's
+    // start with the live window, neither worth a redraw of its own.
+    const sign = (shapes) => shapes.map((s) => s.name).join(",");
+    const isBand = (s) => String(s.name || "").startsWith("alert|");
+    return chartIds.map((chartId, c) => {
+      const figure = drawn[c] || figures[c];
+      if (!figure || !figure.layout) return null;
+      const shapes = alerting.shapes(eps, chartId, config.alertCharts, now, from, Infinity);
+      const current = figure.layout.shapes || [];
+      const same = sign(current.filter(isBand)) === sign(shapes);
+      if (same && !(drawn[c] && sign(shapes).includes("|open"))) return drawn[c];
+      const layout = Object.assign({}, figure.layout, { shapes: current.filter((s) => !isBand(s)).concat(shapes) });
+      return Object.assign({}, figure, { layout: layout });
+    });
+  }
 
   /* What is out of range in a card's reading: the labels of the bands it breaks, or "". */
   function outOfBand(item, config) {

@@ -16,7 +16,7 @@ from dash_extensions import WebSocket
 from flask import Response, request
 from flask_sock import Sock
 
-from dash_app import cards, controls, graphs, pipeline_page, status
+from dash_app import alerts, cards, controls, graphs, pipeline_page, status
 from dash_app.live import Pages, hang_up, serve_frames
 from dash_app.services import Services
 
@@ -35,6 +35,7 @@ def create_app(services: Services) -> Dash:
     graphs.register(app, services)
     controls.register(app)
     cards.register(app)
+    alerts.register(app, services)
     status.register(app)
     pipeline_page.register(app, services)
 
@@ -88,6 +89,7 @@ def sensor_layout(services: Services, query: dict | None = None) -> html.Div:
                 ]
             ),
             cards.layout(),
+            alerts.layout(),
             graphs.layout(),
             # Plumbing: the socket, what the history load hands to the live path, a 1 s tick.
             WebSocket(id="ws"),

@@ -52,7 +52,8 @@ def register(app) -> None:
         Output({"type": "card", "id": ALL}, "className"),
         Output({"type": "card-flag", "id": ALL}, "children"),
         Output("stale-count", "children"),
-        # Once a second (the ages move on), and when a history load brings new card shells.
-        Input("tick", "n_intervals"), Input("cards", "children"),
+        # Once a second (the ages move on), when a history load brings new card shells, and when
+        # an alert starts or stops firing (dash_app/alerts.py).
+        Input("tick", "n_intervals"), Input("cards", "children"), Input("alerts-firing", "data"),
         State("latest", "data"), State("live-config", "data"),
     )

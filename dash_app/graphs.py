@@ -7,7 +7,7 @@ import pandas as pd
 from dash import ALL, MATCH, ClientsideFunction, Input, Output, State, ctx, dcc, html, no_update, set_props
 from dash.exceptions import PreventUpdate
 
-from dash_app import cards, controls, history
+from dash_app import alerts, cards, controls, history
 from dash_app.charts import CHARTS
 from dash_app.figures import OUTSIDE_ID, gap_threshold_ms, line_figure
 from dash_app.services import Services
@@ -61,6 +61,7 @@ def live_config(services: Services) -> dict:
         "bucketMs": services.cfg.live_bucket_ms,
         "limits": limits,
         "outsideMeta": OUTSIDE_ID,
+        "alertCharts": alerts.alert_charts(services.cfg),
     }
 
 
@@ -195,9 +196,11 @@ def register(app, services: Services) -> None:
         Output("latest", "data", allow_duplicate=True),
         Output("health", "data", allow_duplicate=True),
         Output("reload", "data"),
+        Output("alerts-live", "data"),
         Input("ws", "message"),
         State({"type": "chart", "id": ALL}, "figure"), State("live-state", "data"), State("cursor", "data"),
         State("latest", "data"), State("health", "data"), State("reload", "data"), State("live-config", "data"),
+        State("alerts-live", "data"), State("alerts-history", "data"),
         prevent_initial_call=True,
     )
     app.clientside_callback(ClientsideFunction("live", "ack"), Output("ws", "send"), Input("live-state", "data"), prevent_initial_call=True)

@@ -6,6 +6,10 @@ the last point it saw, so no reading falls between the store and the ring. Each 
 sequence number; a page asks for everything after its cursor, so a dropped connection is
 repaired by reconnecting from that cursor. The cursor carries the ring's epoch (one per
 process): after a restart, an old cursor means "reload history", never a silent hole.
+
+The feed also reads the alerter's `alerts` topic: each change of an alert's state takes its
+place in the ring like a reading, so it reaches the page in the next frame (the alerts panel,
+the cards, the bands on the charts) with the same cursor, reconnect and no-hole guarantees.
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ import uuid
 from collections import deque
 from typing import Any
 
+import msgspec
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from simple_websocket import ConnectionClosed
 
 from dash_app.figures import envelope_ends, envelope_id, series_id
 from pipeline import kafka
+from pipeline.alerts import ALERTS_TOPIC, Alert, decode
 from pipeline.broker import current_address
 from pipeline.config import Config
 from pipeline.schema import TOPICS, validate_batch
@@ -32,6 +38,7 @@ HEARTBEAT_S = 1.0  # idle connections still get a frame this often: it carries t
 ACK_TIMEOUT_S = 60  # a page that has not answered a frame for this long is gone
 START_MARGIN_MS = 10_000  # the ring starts this long before the process did
 SEEK_RETRY_S = 5.0  # how long a new assignment retries finding its resume offsets
+FEED_TOPICS = [*TOPICS, ALERTS_TOPIC]
 
 
 class Gap(Exception):
@@ -140,8 +147,8 @@ class LiveFeed(threading.Thread):
 
     def _subscribe(self, address: str, from_start: bool):
         consumer = self._consumer(kafka.unique_group("dashboard"), address, "earliest" if from_start else "latest")
-        consumer.subscribe(list(TOPICS), on_assign=lambda c, parts: self._on_assign(c, parts, from_start))
-        log.info("live feed consuming %s from %s", ", ".join(TOPICS), address)
+        consumer.subscribe(FEED_TOPICS, on_assign=lambda c, parts: self._on_assign(c, parts, from_start))
+        log.info("live feed consuming %s from %s", ", ".join(FEED_TOPICS), address)
         return consumer
 
     def _open_bridge(self, address: str) -> None:
@@ -149,7 +156,7 @@ class LiveFeed(threading.Thread):
         bridge = self._consumer("dashboard-bridge", address, "earliest")  # never joins nor commits
         try:
             topics = bridge.list_topics(timeout=2).topics
-            bridge.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in TOPICS if t in topics for p in topics[t].partitions])
+            bridge.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in FEED_TOPICS if t in topics for p in topics[t].partitions])
             self.bridge = bridge
         except KafkaException as exc:
             log.warning("cannot read %s before the live feed's group joins it (%s)", address, exc)
@@ -215,6 +222,10 @@ class LiveFeed(threading.Thread):
                 by_topic.setdefault(msg.topic(), []).append(msg)
         now_ms = int(time.time() * 1000)
         batch: list[tuple[str, tuple]] = []
+        for msg in by_topic.pop(ALERTS_TOPIC, []):
+            alert = self._alert(msg.value())
+            if alert is not None:
+                batch.append((ALERTS_TOPIC, alert_row(alert)))
         for topic, msgs in by_topic.items():
             spec = TOPICS[topic]
             valid, rejected = validate_batch(spec, [m.value() for m in msgs], [m.key() for m in msgs], now_ms)
@@ -225,6 +236,16 @@ class LiveFeed(threading.Thread):
                 batch += [(topic, row) for row in zip(ts, cols[spec.key], *(cols[c].tolist() for c in spec.numeric))]
                 self.resume_ms = max(self.resume_ms, max(ts))
         return batch
+
+    def _alert(self, value: bytes | None) -> Alert | None:
+        """A change of an alert's state; None for a snapshot (a renewed broker's copy of a state
+        the page already has: not a change) or a record that is not an alert."""
+        try:
+            alert = decode(value or b"")
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            self.skipped += 1
+            return None
+        return None if alert.snapshot else alert
 
     def _on_assign(self, consumer, partitions, from_start: bool) -> None:
         if from_start:  # a renewed broker holds only what came after the renewal: read it all
@@ -324,6 +345,13 @@ class Buckets:
         return {topic: series for topic, series in out.items() if series}
 
 
+def alert_row(alert: Alert) -> dict:
+    """What the page gets of a change of an alert's state (assets/alerts.js); `id` names the change:
+    one per (rule, sensor, episode, state), so a change seen twice (store and ring) counts once."""
+    return {"id": f"{alert.rule}|{alert.sensor}|{alert.since}|{alert.state}", "rule": alert.rule, "sensor": alert.sensor,
+            "topic": alert.topic, "state": alert.state, "since": alert.since, "ts": alert.ts, "summary": alert.summary}
+
+
 def latest_of(rows: dict[str, list]) -> dict[str, dict]:
     """The newest row per sensor, as the cards want it: {"topic|key": {"ts", "topic", "key", fields...}}."""
     latest: dict[str, dict] = {}
@@ -392,9 +420,10 @@ def serve_frames(ws, ring: Ring, health: Health, since: str | None, bucket_ms: i
         except Gap as exc:
             ws.send(json.dumps({"reset": str(exc)}))
             return
+        alerts = rows.pop(ALERTS_TOPIC, [])
         frame: dict[str, Any] = {
             "n": number, "from": f"{ring.epoch}:{seq}", "to": f"{ring.epoch}:{head}",
-            "traces": buckets.add(rows), "latest": latest_of(rows), "status": health.as_dict(),
+            "traces": buckets.add(rows), "latest": latest_of(rows), "alerts": alerts, "status": health.as_dict(),
         }
         ws.send(json.dumps(frame, separators=(",", ":")))
         number, seq = number + 1, head

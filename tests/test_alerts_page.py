@@ -1,0 +1,68 @@
+"""The alerts on the real page: a produced spike fires on the page within 2 s of the event time of
+the reading that fired it, marks its sensor's card and bands its chart, and resolves after it ends.
+
+The pipeline (`run all --no-dashboard`, its alerter with a rule of `for_s` 1 s) runs as
+processes; the page is dash_duo's, with its live feed reading the `alerts` topic."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from selenium.common.exceptions import NoSuchElementException
+
+from tests.helpers import wait_for
+from tests.test_alerts_pipeline import RULES_TOML, Spikes
+
+# When each alert row first shows as firing: [episode, page clock ms, event time of the firing reading].
+WATCH = """
+window.firingSeen = [];
+const seen = new Set();
+const note = () => document.querySelectorAll('#alerts-now .alert-row[data-state="firing"]').forEach(row => {
+  const key = row.dataset.alert + '|' + row.dataset.firing;
+  if (!seen.has(key)) { seen.add(key); window.firingSeen.push([key, Date.now(), Number(row.dataset.firing)]); }
+});
+new MutationObserver(note).observe(document.getElementById('alerts'), {childList: true, subtree: true, attributes: true});
+note();
+"""
+BANDS = """return (document.getElementById(arguments[0]).querySelector('.js-plotly-plot').layout.shapes || [])
+  .map(s => String(s.name || '')).filter(n => n.startsWith('alert|'));"""
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # as tests/test_dashboard.py
+
+
+@pytest.fixture
+def hot_rule(stack, tmp_path):
+    """Rule `hot`: temperature above 25 °C for 1 s (hysteresis 1), for the whole stack."""
+    (tmp_path / "rules.toml").write_text(RULES_TOML)
+    stack.env["ALERT_RULES"] = str(tmp_path / "rules.toml")
+    return stack
+
+
+def test_a_spike_fires_on_the_page_within_2_s_and_resolves_after_it_ends(hot_rule, dashboard):
+    duo, services = dashboard
+    duo.wait_for_text_to_equal("#status", "live", timeout=30)
+    duo.driver.execute_script(WATCH)
+    spikes = Spikes(services.cfg)  # room `lab`: 3 s at 30 °C, 3 s at 20 °C, over and over
+    spikes.start()
+    try:
+        fired = wait_for(lambda: [s for s in duo.driver.execute_script("return window.firingSeen") if s[0].startswith("hot|lab|")][2:],
+                         60, "three firings of hot/lab on the page")
+        delays = [shown - event for _, shown, event in duo.driver.execute_script("return window.firingSeen") if _.startswith("hot|lab|")]
+        print(f"event time -> firing shown, ms: {delays}")
+        assert all(0 <= d <= 2000 for d in delays), f"firing shown too late: {delays} ms"
+
+        # After each spike the alert resolves: the log of the last 24 h says so.
+        wait_for(lambda: duo.find_elements('#alerts-log .alert-change[data-alert="hot|lab"][data-state="resolved"]'), 10,
+                 "a resolved change of hot/lab in the last 24 h")
+        # While it fires, the sensor's card is marked and the temperature chart has a band over it.
+        card = json.dumps({"id": "temperature|lab", "type": "card"}, separators=(",", ":"))
+        wait_for(lambda: "card-firing" in duo.driver.find_element("id", card).get_attribute("class"), 30,
+                 "the lab card marked as firing", ignore=(NoSuchElementException,))
+        chart = json.dumps({"id": "temperature", "type": "chart"}, separators=(",", ":"))
+        bands = wait_for(lambda: duo.driver.execute_script(BANDS, chart), 10, "alert bands on the temperature chart")
+        assert all(b.startswith("alert|hot|lab|") for b in bands), bands
+        assert len(fired) >= 3
+    finally:
+        spikes.stopping.set()
+        spikes.join(10)
+    assert duo.get_logs() == [], "browser console errors"
