@@ -17,6 +17,7 @@ from flask import Response
 from dash_app import replication_panel
 from dash_app.pipeline_poller import DASHBOARD_PREFIX, HISTORY_S, WRITER_PREFIX
 from dash_app.services import Services
+from pipeline.alerter import GROUP as ALERTER_GROUP
 
 PATH = "/pipeline"
 VIEW_PATH = "/_pipeline/view"  # relative to the page in the browser: works under a path prefix too
@@ -27,13 +28,15 @@ LESSONS = {
     "broker": "Brokers keep the partitions. One of them, the controller, decides which broker leads each "
               "partition; the others follow and copy it, so losing a broker moves leadership instead of losing data.",
     "topics": "A topic is a named stream of messages: one per kind of sensor, each with a .dlq twin for the "
-              "messages its store writers refused. Messages in per second is how fast the end offsets grow.",
+              "messages its store writers refused. Messages in per second is how fast the end offsets grow. The "
+              "alerter publishes each change of an alert's state to `alerts`, keyed by rule and sensor.",
     "partitions": "A topic is split into partitions, each an ordered log with its own offsets. A producer hashes "
                   "each message's key (the room or device) to choose its partition, so one sensor's readings always "
                   "land in the same partition, in order. The leader takes the writes; the in-sync replicas have all of them.",
     "groups": "The store writers of a topic share one consumer group: Kafka gives each partition to exactly one "
               "member, so they split the work like a queue. Each dashboard process has a group of its own and reads "
-              "every partition: publish/subscribe. When a member joins or leaves, the group rebalances and deals "
+              "every partition: publish/subscribe, and so does the alerter, in its group `alerter`. When a member "
+              "joins or leaves, the group rebalances and deals "
               "the partitions again; lag is what a group still has to commit.",
     "dead": "A message that fails validation is neither retried forever nor dropped: the writer copies it "
             "unchanged to <topic>.dlq, with the reason in its error header and its origin (topic/partition/offset) "
@@ -198,7 +201,8 @@ def _groups(s: dict, embedded: bool) -> html.Div:
     blocks = []
     for g in shown:
         kind = ("store writers: a queue" if g["id"].startswith(WRITER_PREFIX)
-                else "a dashboard process: publish/subscribe" if g["id"].startswith(DASHBOARD_PREFIX) else "")
+                else "a dashboard process: publish/subscribe" if g["id"].startswith(DASHBOARD_PREFIX)
+                else "the alerter: publish/subscribe, its alerts go to the alerts topic" if g["id"] == ALERTER_GROUP else "")
         members = [html.Tr([
             html.Td(m["client_id"]), html.Td(m["member_id"], className="mono"), html.Td(m["host"] or "not reported"),
             html.Td(_ranges(m["partitions"]) + (" (computed)" if g["source"] == "computed" and m["partitions"] else "")),

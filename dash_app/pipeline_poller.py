@@ -44,7 +44,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dash_app import group_wire
 from dash_app.replication_watch import ReplicationWatch
-from pipeline import kafka
+from pipeline import alerter, kafka
 from pipeline.broker import current_address, read_address
 from pipeline.config import Config
 from pipeline.schema import TOPICS
@@ -67,6 +67,8 @@ def group_topics(group_id: str) -> list[str] | None:
         return [group_id[len(WRITER_PREFIX):]]
     if group_id.startswith(DASHBOARD_PREFIX):
         return list(TOPICS)
+    if group_id == alerter.GROUP:
+        return alerter.topics()
     return None
 
 

@@ -41,6 +41,7 @@ def test_range_assign_matches_librdkafka_range_assignor():
 def test_group_topics_and_client_ids():
     assert group_topics("store-writer.temperature") == ["temperature"]
     assert group_topics("dashboard-0123456789ab") == list(TOPICS)
+    assert group_topics("alerter") == [n for t in TOPICS.values() for n in (t.name, t.dlq)]
     assert group_topics("someone-else") is None
     assert client_id_of("writer-humidity-9011fb51-904e-4ccf-b42a-d5e862826dbf") == "writer-humidity"
     assert client_id_of("odd") == "odd"
@@ -91,6 +92,9 @@ def test_pipeline_page_shows_topics_groups_a_rebalance_and_dead_letters(dash_duo
             duo.wait_for_contains_text("#topics-table", f"{topic}.dlq", timeout=20)
             duo.wait_for_element(f'#topics-table tr[data-topic="{topic}"]')
             duo.wait_for_element(f'.group[data-group="store-writer.{topic}"]', timeout=20)
+        # The alerter reads every reading and dead letter in a group of its own and publishes to `alerts`.
+        duo.wait_for_element('#topics-table tr[data-topic="alerts"]', timeout=20)
+        duo.wait_for_contains_text('.group[data-group="alerter"] h3', "the alerter", timeout=20)
         # Each dashboard process reads every partition of every topic in a group of its own.
         dashboards = wait_for(lambda: [m for m in duo.driver.execute_script(MEMBERS) if m["group"].startswith("dashboard-")],
                               20, "the dashboard's own group")
