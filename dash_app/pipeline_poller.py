@@ -7,7 +7,10 @@ renewed the embedded broker onto another port) and asks, in this order:
 - metadata (`list_topics`): brokers, topics, each partition's leader, replicas and in-sync
   replicas. Embedded broker: one broker (node id 111 in our runs), leader = replicas = ISR = it,
   controller id = it. Correct for a single node.
-- `describe_cluster`: cluster id and controller. Embedded: answered (the one node).
+- the cluster id and controller come with the metadata too (embedded: answered, the one node).
+  Not `describe_cluster`: it waits for the controller, timed out while a killed controller's
+  successor was elected, and was in flight both times a process polling a cluster aborted
+  inside librdkafka 2.16.0 as a broker died (assertion in rd_kafka_enq_once_del_source_return).
 - `list_consumer_groups`: the group ids. Embedded: only groups that have committed offsets
   (a dashboard's group commits none, so it is left out even while it has members) and every
   state UNKNOWN; the poller adds this process's own dashboard group by id
@@ -185,19 +188,11 @@ class PipelinePoller(threading.Thread):
         admin, now = self.admin, int(time.time() * 1000)
         md = admin.list_topics(timeout=TIMEOUT_S)
         replication = self._publish_replicas(now, md)
-        cluster = admin.describe_cluster(request_timeout=TIMEOUT_S)
         listed = admin.list_consumer_groups(request_timeout=TIMEOUT_S)
         topics = {name: t for name, t in md.topics.items() if not name.startswith("__")}
         parts = [TopicPartition(name, p) for name, t in topics.items() for p in t.partitions]
         latest = admin.list_offsets({tp: OffsetSpec.latest() for tp in parts}, request_timeout=TIMEOUT_S) if parts else {}
         earliest = admin.list_offsets({tp: OffsetSpec.earliest() for tp in parts}, request_timeout=TIMEOUT_S) if parts else {}
-        try:
-            desc = cluster.result()
-            cluster_id, controller = desc.cluster_id, desc.controller.id if desc.controller else None
-        except KafkaException:
-            # It goes to the controller: while a dead controller's successor is being elected it
-            # times out, and the metadata's controller id and the last cluster id are as good.
-            cluster_id, controller = self.snapshot.get("cluster_id"), md.controller_id
         listed_ids = {g.group_id for g in listed.result().valid}
         group_ids = sorted(listed_ids | {g for g in kafka.created_groups if g.startswith(DASHBOARD_PREFIX)})
         groups = self._groups(group_ids, {n: len(t.partitions) for n, t in topics.items()})
@@ -239,7 +234,7 @@ class PipelinePoller(threading.Thread):
         return {
             "ok": True, "t": now, "address": self.address, "embedded": self.cfg.embedded_broker,
             "generation": record.get("generation") if record else None,
-            "cluster_id": cluster_id, "controller": controller, "replication": replication,
+            "cluster_id": md.cluster_id, "controller": md.controller_id, "replication": replication,
             "brokers": sorted(f"{b.id} {b.host}:{b.port}" for b in md.brokers.values()),
             "topics": topic_rows, "partitions": partitions, "groups": groups,
             "dead": {topic: list(letters) for topic, letters in self.dead.items()},
