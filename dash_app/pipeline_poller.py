@@ -56,6 +56,7 @@ log = logging.getLogger("dash_app.pipeline")
 POLL_S = 1.0
 HISTORY_S = 15 * 60
 TIMEOUT_S = 2.0
+ADMIN_SOCKET_TIMEOUT_MS = 1500  # under TIMEOUT_S: see _connect
 READ_S = 0.5  # longest a poll waits for the last batches it reads
 DEAD_KEEP = 10  # newest dead letters kept per topic
 KEY_TTL_S = 300  # a key not seen in a partition for this long is dropped from its list
@@ -174,7 +175,11 @@ class PipelinePoller(threading.Thread):
         self.address = address
         # Connection failures show on the page (broker panel): no error_cb summary lines needed.
         common = {"bootstrap.servers": address, "log_level": 2, "error_cb": lambda _err: None, **self.cfg.kafka_client_properties}
-        self.admin = AdminClient(common)
+        # Each request to a broker fails before the admin call that sent it times out: a broker's
+        # answer (or its timeout) arriving after the call had timed out aborted the process in
+        # librdkafka 2.16.0 (rd_kafka_enq_once_del_source_return: eonce->refcnt > 0) twice here
+        # as a broker died; librdkafka issues #4605 and #3663 (open) report the same.
+        self.admin = AdminClient({**common, "socket.timeout.ms": ADMIN_SOCKET_TIMEOUT_MS})
         # Reads last batches and dead letters by assign(): it never joins or commits to a group.
         self.probe = Consumer({**common, "group.id": "pipeline-page-probe", "client.id": "dashboard-pipeline",
                                "enable.auto.commit": False, "fetch.wait.max.ms": 100, "enable.partition.eof": False})

@@ -68,8 +68,14 @@ def cluster(kafka_cluster):
     wait_for(lambda: not under_replicated(kafka_cluster), 60, "every partition in sync again", interval=0.5)
 
 
+def admin(cluster) -> AdminClient:
+    """An admin client whose requests to a broker fail before its calls (5 s) time out, as the
+    page's poller does (dash_app/pipeline_poller.py: a librdkafka abort otherwise)."""
+    return AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0, "socket.timeout.ms": 4000})
+
+
 def metadata(cluster):
-    return AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0}).list_topics(timeout=5)
+    return admin(cluster).list_topics(timeout=5)
 
 
 def under_replicated(cluster) -> list[str]:
@@ -85,12 +91,12 @@ def stored(store_url: str) -> int:
 def groups_carry_on(cluster, dashboard: bool) -> bool:
     """Each topic's store-writer group (and, with `dashboard`, the dashboard's own group) is
     Stable, its one member owning partitions."""
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0})
-    ids = [g.group_id for g in admin.list_consumer_groups(request_timeout=5).result().valid]
+    client = admin(cluster)
+    ids = [g.group_id for g in client.list_consumer_groups(request_timeout=5).result().valid]
     wanted = [f"store-writer.{t}" for t in TOPICS] + ([g for g in ids if g.startswith("dashboard-")] if dashboard else [])
     if dashboard and len(wanted) != len(TOPICS) + 1:
         return False
-    for future in admin.describe_consumer_groups(wanted, request_timeout=5).values():
+    for future in client.describe_consumer_groups(wanted, request_timeout=5).values():
         g = future.result()
         if g.state.name != "STABLE" or len(g.members) != 1 or not g.members[0].assignment.topic_partitions:
             return False
