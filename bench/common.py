@@ -6,7 +6,7 @@
   everything still running is stopped by PID on exit.
 - `Offsets` reads high watermarks and a group's committed offsets (lag = the difference; on
   Tansu the watermark is approximate after multi-record batches, see DESIGN.md).
-- `questdb()` says whether QUESTDB_URL points at a reachable server, and why not.
+- `Servers(backend)` runs Apache Kafka and QuestDB (pipeline.servers) for the backends that need them.
 - `write_result(name, metrics, params)` writes bench/results/NAME.json with `machine()` info;
   `print_table(headers, rows)` prints the readable table.
 """
@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Self
 
 import psutil
 
@@ -165,20 +166,53 @@ class Offsets:
         self.consumer.close()
 
 
-# -- QuestDB --------------------------------------------------------------------------------------
-def questdb() -> tuple[str | None, str]:
-    """(QUESTDB_URL, "") when it names a QuestDB that answers, else (None, reason)."""
-    url = os.environ.get("QUESTDB_URL", "").strip()
-    if not url:
-        return None, "QUESTDB_URL is not set"
-    try:
-        from pipeline.store import open_store
+# -- Apache Kafka and QuestDB ---------------------------------------------------------------------
+class Servers:
+    """What a benchmark backend runs on: `sqlite` (the embedded broker and SQLite), `questdb` (the
+    embedded broker and QuestDB) or `kafka+questdb` (Apache Kafka and QuestDB), the servers from
+    pipeline.servers, started once per backend. `settings` points a Stack at them; `reset()`
+    empties them before each run (topics, groups, tables)."""
 
-        with open_store(url) as store:
-            store.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not usable here"
-        return None, f"QuestDB at {url} is not reachable: {exc}"
-    return url, ""
+    def __init__(self, backend: str):
+        from pipeline.servers import Kafka, QuestDB
+
+        self.kafka = Kafka() if backend.startswith("kafka+") else None
+        self.questdb = QuestDB() if backend.endswith("questdb") else None
+        self.settings: dict[str, str] = {}
+        if self.questdb:
+            self.settings.update(store_url=self.questdb.store_url, QUESTDB_PG_URL=self.questdb.pg_url)
+        if self.kafka:
+            self.settings["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka.bootstrap
+
+    @property
+    def broker_pid(self) -> int | None:
+        """Apache Kafka's pid (None on the embedded broker, which the Stack starts)."""
+        return self.kafka.nodes[1].pid if self.kafka else None
+
+    def reset(self) -> None:
+        for server in (self.kafka, self.questdb):
+            if server:
+                server.reset()
+
+    def __enter__(self) -> Self:
+        """Start them (ServersUnavailable says why they cannot run here) and wait until they answer."""
+        started = [s for s in (self.kafka, self.questdb) if s]
+        try:
+            for server in started:
+                server.start()
+            for server in started:
+                server.wait_ready()
+        except BaseException:
+            self.__exit__()
+            raise
+        for server in started:
+            print(f"{type(server).__name__} answered in {server.startup_s:.1f} s", flush=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for server in (self.kafka, self.questdb):
+            if server:
+                server.close()
 
 
 def percentile(values: Sequence[float], q: float) -> float:

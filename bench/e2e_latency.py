@@ -5,7 +5,8 @@
     python -m bench.e2e_latency --rates 100 --pages websocket
 
 Each rate runs the whole product, `python -m pipeline.run all --rate R [--rooms N --devices M]`
-(embedded broker, producers, store writers, the dashboard), and opens its real page in headless
+(embedded broker, producers, store writers, the dashboard; with `--backend kafka+questdb`, on
+Apache Kafka and QuestDB from pipeline.servers instead), and opens its real page in headless
 Chromium: every chart, every trace. A hook on each chart's `plotly_afterplot` event notes, at the
 next animation frame, every point that the redraw added. A reading counts as shown at the first
 frame in which its series' line reaches its event time (the point itself, or a point after it
@@ -33,10 +34,9 @@ from collections import defaultdict
 import psutil
 from selenium.common.exceptions import TimeoutException, WebDriverException
 
-from bench.common import percentile, print_table, temporary_stack, write_result
+from bench.common import Servers, percentile, print_table, temporary_stack, write_result
 from dash_app.charts import CHARTS
 from pipeline.schema import TOPICS
-from pipeline.store import open_store
 from tests.helpers import TRACES, browser, bucket_check, wait_for
 
 # Notes, at the first animation frame after each redraw, the points it added to each trace.
@@ -112,8 +112,9 @@ class CpuMeter:
         return out
 
 
-def processes(run_all: int, driver, dashboard: int | None) -> dict[str, list[psutil.Process]]:
-    """The browser, the dashboard (run all's, or the polling page's) and the broker, with children."""
+def processes(run_all: int, driver, dashboard: int | None, broker: int | None) -> dict[str, list[psutil.Process]]:
+    """The browser, the dashboard (run all's, or the polling page's) and the broker (`broker`, else
+    run all's embedded one), with children."""
     def family(p: psutil.Process) -> list[psutil.Process]:
         return [p, *p.children(recursive=True)]
 
@@ -121,14 +122,14 @@ def processes(run_all: int, driver, dashboard: int | None) -> dict[str, list[psu
     return {
         "browser": family(psutil.Process(driver.service.process.pid)),
         "dashboard": family(psutil.Process(dashboard)) if dashboard else [p for p in kids if "dash_app" in " ".join(p.cmdline())],
-        "broker": [p for p in kids if "tansu" in " ".join(p.cmdline())],
+        "broker": [psutil.Process(broker)] if broker else [p for p in kids if "tansu" in " ".join(p.cmdline())],
     }
 
 
-def stored_series(store_url: str, t0: int, t1: int) -> dict[str, list[tuple[int, float]]]:
+def stored_series(stack, t0: int, t1: int) -> dict[str, list[tuple[int, float]]]:
     """chart-trace key -> [(ts, value)] of the stored readings in [t0, t1), in time order."""
     out: dict[str, list[tuple[int, float]]] = {}
-    with open_store(store_url) as store:
+    with stack.open_store() as store:
         for chart in CHARTS:
             spec = TOPICS[chart.topic]
             rows = store.since(spec, t0, t1)
@@ -139,10 +140,11 @@ def stored_series(store_url: str, t0: int, t1: int) -> dict[str, list[tuple[int,
     return out
 
 
-def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: float) -> dict:
+def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: float, servers: Servers) -> dict:
     per_sensor, rooms, devices = rate
     sensors = 2 * rooms + devices
-    with temporary_stack(PARTITIONS="3") as stack:
+    servers.reset()
+    with temporary_stack(PARTITIONS="3", **servers.settings) as stack:
         run_all = stack.spawn(
             "pipeline.run", "all", "--rate", str(per_sensor), "--rooms", str(rooms), "--devices", str(devices),
             *(["--no-dashboard"] if page == "polling" else []), log_name="all",
@@ -151,7 +153,7 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
         url = f"http://127.0.0.1:{stack.env['DASH_PORT']}/"
         wait_for(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 90, "the dashboard", ignore=(OSError,))
         cfg = stack.config()
-        with open_store(stack.store_url) as store:
+        with stack.open_store() as store:
             store.ensure_tables()
             wait_for(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 60, "rows in every table")
         driver = browser()
@@ -164,7 +166,7 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
             driver.execute_script(HOOK)
             time.sleep(warmup)
             driver.execute_script(TAKE)
-            meter = CpuMeter(lambda: processes(run_all.pid, driver, polling.pid if polling else None))
+            meter = CpuMeter(lambda: processes(run_all.pid, driver, polling.pid if polling else None, servers.broker_pid))
             t0 = int(time.time() * 1000)
             records: list = []
             while time.time() * 1000 < t0 + duration * 1000:
@@ -180,9 +182,9 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
         # The writers have caught up when the stored count stops moving.
         counts: list[int] = []
         while len(counts) < 3 or len(set(counts[-3:])) > 1:
-            counts.append(sum(len(v) for v in stored_series(stack.store_url, t0, t1).values()))
+            counts.append(sum(len(v) for v in stored_series(stack, t0, t1).values()))
             time.sleep(1)
-        stored = stored_series(stack.store_url, t0, t1)
+        stored = stored_series(stack, t0, t1)
     shown: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
     for key, x, at in sorted(records, key=lambda r: (r[0], r[1])):
         shown[key][0].append(x)
@@ -225,16 +227,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10, help="seconds after the page is live before measuring")
     parser.add_argument("--pages", default="websocket,polling", help="websocket (the product's page), polling (the baseline)")
     parser.add_argument("--quick", action="store_true", help="rates 1 and 100, 20 s each")
+    parser.add_argument("--backend", default="sqlite", choices=["sqlite", "kafka+questdb"],
+                        help="sqlite: the embedded broker and SQLite (default); kafka+questdb: Apache Kafka and QuestDB (pipeline.servers)")
     args = parser.parse_args()
     if args.quick:
         args.rates, args.duration = "1,100", 20
     results = []
-    for text in args.rates.split(","):
-        for page in args.pages.split(","):
-            print(f"{page} page at --rate {text} for {args.duration:.0f}s ...", flush=True)
-            results.append(measure(page, parse_rate(text), args.duration, args.warmup))
-            r = results[-1]
-            print(f"  p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, delivered {r['delivered_pct']:.1f} %", flush=True)
+    with Servers(args.backend) as servers:
+        for text in args.rates.split(","):
+            for page in args.pages.split(","):
+                print(f"{page} page at --rate {text} for {args.duration:.0f}s ...", flush=True)
+                results.append(measure(page, parse_rate(text), args.duration, args.warmup, servers))
+                r = results[-1]
+                print(f"  p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, delivered {r['delivered_pct']:.1f} %", flush=True)
     headers = ["page", "readings/s", "delivered %", "p50 ms", "p95 ms", "p99 ms", "max ms", "p50 1st/last third",
                "buckets exact %", "stored %", "CPU browser", "CPU dashboard", "CPU broker"]
     rows = [

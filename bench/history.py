@@ -17,8 +17,8 @@ the same `topic_range`, then `dash_app.graphs.export_csv`. Each cell is the medi
 runs on an open store, after one first call (reported separately: it opens the connection).
 
 The SQLite files are freshly written, so they sit in the OS page cache: these are warm-cache
-figures. QuestDB rows run only when QUESTDB_URL answers; they use tables bench_temperature_<size>
-(dropped before filling and afterwards unless --keep), never the product's own tables.
+figures. QuestDB rows run on a QuestDB of their own (pipeline.servers: Java and Maven; skipped
+saying why where it cannot run), in tables bench_temperature_<size>.
 Targets, to figure: 7 d over 10M rows < 500 ms (both); 1 h over 1M rows < 100 ms (SQLite),
 < 200 ms (QuestDB); 7 d over 1M rows < 1 s (SQLite). Export of 7 d over 10M rows < 1 s (SQLite).
 """
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import print_table, questdb, write_result
+from bench.common import Servers, print_table, write_result
+from pipeline.servers import ServersUnavailable
 
 HOUR_MS = 3_600_000
 RANGES = {"1h": HOUR_MS, "24h": 24 * HOUR_MS, "7d": 7 * 24 * HOUR_MS}
@@ -113,14 +114,14 @@ def sqlite_store(size: int, rooms: int, cache: Path):
     return store, spec, meta
 
 
-def questdb_store(url: str, size: int, rooms: int):
+def questdb_store(servers: Servers, size: int, rooms: int):
     """A QuestDBStore and a bench-only table bench_temperature_<size> filled with `size` rows."""
     from pipeline.schema import TOPICS
     from pipeline.store import open_store
     from pipeline.store.questdb import _ddl
 
     spec = dataclasses.replace(TOPICS["temperature"], name=f"bench_temperature_{label(size).lower()}")
-    store = open_store(url)
+    store = open_store(servers.questdb.store_url, servers.questdb.pg_url)
     store._query(f"DROP TABLE IF EXISTS {spec.name}")
     store._query(_ddl(spec))  # before ILP: an auto-created table would lack the designated ts and dedup
     end_ms = int(time.time() * 1000) // 60_000 * 60_000
@@ -209,37 +210,33 @@ def main() -> None:
     p.add_argument("--ranges", default="1h,24h,7d", help="ranges to read, of 1h,24h,7d (default all)")
     p.add_argument("--rooms", type=int, default=10, help="rooms the rows are spread over (default 10)")
     p.add_argument("--repeat", type=int, help="timed runs per cell; the median is reported (default 7; 3 with --quick)")
-    p.add_argument("--backends", default="sqlite,questdb", help="default sqlite,questdb (QuestDB only if QUESTDB_URL answers)")
+    p.add_argument("--backends", default="sqlite,questdb", help="of sqlite, questdb (default sqlite,questdb)")
     p.add_argument("--cache-dir", help="keep SQLite files here and reuse them on the next run (default: a temp dir, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the QuestDB bench tables")
     args = p.parse_args()
     sizes = [parse_size(s) for s in (args.sizes or ("10k,1M" if args.quick else "10k,1M,10M")).split(",")]
     ranges = [r.strip() for r in args.ranges.split(",")]
     repeat = args.repeat or (3 if args.quick else 7)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    qdb_url, qdb_reason = questdb() if "questdb" in backends else (None, "not requested")
-
     cache = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="bench-history-"))
     cache.mkdir(parents=True, exist_ok=True)
     results, fills = [], {}
     try:
         for backend in backends:
-            for size in sizes:
-                if backend == "questdb" and not qdb_url:
-                    results += [{"backend": backend, "size": label(size), "range": r, "skipped": qdb_reason} for r in ranges]
-                    continue
-                print(f"{backend}: {label(size)} rows", flush=True)
-                if backend == "sqlite":
-                    store, spec, meta = sqlite_store(size, args.rooms, cache)
-                else:
-                    store, spec, meta = questdb_store(qdb_url, size, args.rooms)
-                fills[f"{backend}/{label(size)}"] = meta
-                try:
-                    results += measure(backend, store, spec, meta, size, ranges, repeat)
-                finally:
-                    if backend == "questdb" and not args.keep:
-                        store._query(f"DROP TABLE IF EXISTS {spec.name}")
-                    store.close()
+            try:
+                with Servers(backend) as servers:
+                    for size in sizes:
+                        print(f"{backend}: {label(size)} rows", flush=True)
+                        if backend == "sqlite":
+                            store, spec, meta = sqlite_store(size, args.rooms, cache)
+                        else:
+                            store, spec, meta = questdb_store(servers, size, args.rooms)
+                        fills[f"{backend}/{label(size)}"] = meta
+                        try:
+                            results += measure(backend, store, spec, meta, size, ranges, repeat)
+                        finally:
+                            store.close()
+            except ServersUnavailable as exc:
+                results += [{"backend": backend, "size": label(size), "range": r, "skipped": str(exc)} for size in sizes for r in ranges]
     finally:
         if not args.cache_dir:
             shutil.rmtree(cache, ignore_errors=True)

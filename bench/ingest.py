@@ -1,6 +1,6 @@
 """Sustained ingest: rows/s from the temperature topic into the store, per backend and writer count.
 
-    python -m bench.ingest                 # 2M messages, 1 and 3 writers, 3 runs each, SQLite (+ QuestDB if set)
+    python -m bench.ingest                 # 2M messages, 1 and 3 writers, 3 runs each, SQLite and QuestDB
     python -m bench.ingest --quick --repeat 1   # 100k messages once, for a check in ~1 minute
     python -m bench.ingest --profile       # also run one writer in-process under cProfile
 
@@ -18,9 +18,9 @@ commits right after its store write; cheap to read), and the store is counted to
   N stored; it includes start-up and the last partial batch's WRITER_FLUSH_MS wait, which weigh a
   lot in short (--quick) runs.
 
-QuestDB rows run only when QUESTDB_URL (e.g. questdb://127.0.0.1) answers. They write into its
-`temperature` table with room names unique to the run, and count from the rows already there,
-so existing data is left alone (but another writer there would skew the count).
+QuestDB and Apache Kafka run from pipeline.servers (Java and Maven; a backend that cannot run is
+skipped saying why), started once per backend and emptied before each run: `questdb` is the
+embedded broker into QuestDB, `kafka+questdb` Apache Kafka into QuestDB.
 Writer CPU per row (µs) is the writers' user+system CPU over the sustained window divided by
 the rows committed in it: consuming, validating, writing with `received_at`, and committing.
 Before the runs, `costs()` times the steps after consuming in this process (CPU µs per row:
@@ -35,14 +35,14 @@ import argparse
 import statistics
 import threading
 import time
-import uuid
 
-from bench.common import Offsets, cpu_seconds, print_table, questdb, setting, temporary_stack, write_result
+from bench.common import Offsets, Servers, cpu_seconds, print_table, setting, temporary_stack, write_result
+from pipeline.servers import ServersUnavailable
 from tests.helpers import stop_process
 
 TOPIC = "temperature"
 GROUP = f"store-writer.{TOPIC}"
-TARGETS = {"sqlite": 300_000, "questdb": 400_000}  # rows/s with one writer
+TARGETS = {"sqlite": 300_000, "questdb": 400_000, "kafka+questdb": 400_000}  # rows/s with one writer
 
 
 def produce(bootstrap: str, n: int, rooms: int, prefix: str) -> dict:
@@ -80,19 +80,19 @@ def produce(bootstrap: str, n: int, rooms: int, prefix: str) -> dict:
     return {"messages": sent, "seconds": round(elapsed, 2), "msgs_per_s": round(sent / elapsed)}
 
 
-def measure(backend: str, store_url: str | None, writers: int, n: int, rooms: int, args) -> dict:
+def measure(backend: str, servers: Servers, writers: int, n: int, rooms: int, args) -> dict:
     from pipeline.schema import TOPICS
-    from pipeline.store import open_store
 
     env = {"WRITER_BATCH_SIZE": str(args.batch_size), "WRITER_FLUSH_MS": str(args.flush_ms)}
-    with temporary_stack(args.keep, store_url, **env) as stack, stack.broker(partitions=args.partitions) as broker:
-        store = open_store(stack.store_url)
+    servers.reset()
+    with temporary_stack(args.keep, **servers.settings, **env) as stack, stack.broker(partitions=args.partitions) as broker:
+        broker_pid = broker.pid if broker else servers.broker_pid
+        store = stack.open_store()
         try:
             store.ensure_tables()
             spec = TOPICS[TOPIC]
             before = store.count(spec)
-            prefix = f"b{uuid.uuid4().hex[:6]}-" if backend == "questdb" else "room-"
-            produced = produce(stack.bootstrap, n, rooms, prefix)
+            produced = produce(stack.bootstrap, n, rooms, "room-")
             offsets = Offsets(stack.bootstrap, TOPIC, GROUP)
             high = offsets.high()
             spawned = time.monotonic()
@@ -112,7 +112,7 @@ def measure(backend: str, store_url: str | None, writers: int, n: int, rooms: in
                     raise RuntimeError("no row reached the store in time")
                 time.sleep(0.005)
             t0, n0 = time.monotonic(), have
-            cpu0, broker_cpu0 = cpu_seconds(pids), cpu_seconds([broker.pid])
+            cpu0, broker_cpu0 = cpu_seconds(pids), cpu_seconds([broker_pid])
             bench_cpu0 = time.process_time()
             # Sustained window: committed offsets (written, then committed) crossing 10% and 90% of N.
             lo_mark, hi_mark = 0.1 * high, 0.9 * high
@@ -122,9 +122,9 @@ def measure(backend: str, store_url: str | None, writers: int, n: int, rooms: in
                 committed = offsets.committed()
                 now = time.monotonic()
                 if lo is None and committed >= lo_mark:
-                    lo = (now, committed, cpu_seconds(pids), cpu_seconds([broker.pid]))
+                    lo = (now, committed, cpu_seconds(pids), cpu_seconds([broker_pid]))
                 if hi is None and committed >= hi_mark:
-                    hi = (now, committed, cpu_seconds(pids), cpu_seconds([broker.pid]))
+                    hi = (now, committed, cpu_seconds(pids), cpu_seconds([broker_pid]))
                 # Counted once everything is committed: a count scans the table, and beside the
                 # writers every second it cost them throughput and held WAL checkpoints back.
                 if committed >= high:
@@ -137,7 +137,7 @@ def measure(backend: str, store_url: str | None, writers: int, n: int, rooms: in
                 time.sleep(0.01)
             t1 = time.monotonic()
             cpu = cpu_seconds(pids) - cpu0
-            broker_cpu = cpu_seconds([broker.pid]) - broker_cpu0
+            broker_cpu = cpu_seconds([broker_pid]) - broker_cpu0
             bench_cpu = time.process_time() - bench_cpu0
             elapsed = t1 - t0
             for p in procs:
@@ -300,7 +300,7 @@ def main() -> None:
     p.add_argument("--messages", type=int, help="messages pre-produced per run (default 2,000,000: several seconds of drain at the target rate; 100,000 with --quick)")
     p.add_argument("--rooms", type=int, default=200, help="distinct rooms (message keys), default 200")
     p.add_argument("--writers", default="1,3", help="writer counts to run, comma-separated (default 1,3)")
-    p.add_argument("--backends", default="sqlite,questdb", help="default sqlite,questdb (QuestDB only if QUESTDB_URL answers)")
+    p.add_argument("--backends", default="sqlite,questdb", help="of sqlite, questdb, kafka+questdb (default sqlite,questdb)")
     p.add_argument("--partitions", type=int, default=3, help="partitions of the topic (default 3)")
     p.add_argument("--batch-size", type=int, default=setting("WRITER_BATCH_SIZE"), help="WRITER_BATCH_SIZE for the writers (default: the product's)")
     p.add_argument("--flush-ms", type=int, default=setting("WRITER_FLUSH_MS"), help="WRITER_FLUSH_MS for the writers (default: the product's)")
@@ -319,29 +319,30 @@ def main() -> None:
     n = args.messages or (100_000 if args.quick else 2_000_000)
     writer_counts = [int(w) for w in args.writers.split(",")]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    qdb_url, qdb_reason = questdb() if "questdb" in backends else (None, "not requested")
 
     results, rows = [], []
     for backend in backends:
-        for writers in writer_counts:
-            if backend == "questdb" and not qdb_url:
-                results.append({"backend": backend, "writers": writers, "skipped": qdb_reason})
-                rows.append([backend, writers, "-", None, None, None, None, None, f"skipped: {qdb_reason}"])
-                continue
-            runs = []
-            for k in range(args.repeat):
-                print(f"running {backend} with {writers} writer(s), {n:,} messages, run {k + 1} of {args.repeat} ...", flush=True)
-                runs.append(measure(backend, qdb_url if backend == "questdb" else None, writers, n, args.rooms, args))
-            # Two processes per writer on two cores swing from run to run: the median is compared.
-            rate = statistics.median(r["rows_per_s"] for r in runs)
-            target = TARGETS[backend] if writers == 1 else None
-            results.append({"backend": backend, "writers": writers, "rows_per_s_median": rate, "target_rows_per_s": target,
-                            "target_met": None if target is None else rate >= target, "runs": runs})
-            verdict = "" if target is None else ("met" if rate >= target else "MISSED")
-            med = {key: statistics.median(r[key] for r in runs) for key in ("writer_cpu_cores", "writer_cpu_us_per_row", "broker_cpu_cores")}
-            rows.append([backend, writers, f"{rate:,.0f}", " · ".join(f"{r['rows_per_s']:,}" for r in runs), med["writer_cpu_cores"],
-                         med["writer_cpu_us_per_row"], med["broker_cpu_cores"], f"{runs[0]['produce']['msgs_per_s']:,}",
-                         f"{verdict} (>= {target:,})" if target else ""])
+        try:
+            with Servers(backend) as servers:
+                for writers in writer_counts:
+                    runs = []
+                    for k in range(args.repeat):
+                        print(f"running {backend} with {writers} writer(s), {n:,} messages, run {k + 1} of {args.repeat} ...", flush=True)
+                        runs.append(measure(backend, servers, writers, n, args.rooms, args))
+                    # Two processes per writer on two cores swing from run to run: the median is compared.
+                    rate = statistics.median(r["rows_per_s"] for r in runs)
+                    target = TARGETS[backend] if writers == 1 else None
+                    results.append({"backend": backend, "writers": writers, "rows_per_s_median": rate, "target_rows_per_s": target,
+                                    "target_met": None if target is None else rate >= target, "runs": runs})
+                    verdict = "" if target is None else ("met" if rate >= target else "MISSED")
+                    med = {key: statistics.median(r[key] for r in runs) for key in ("writer_cpu_cores", "writer_cpu_us_per_row", "broker_cpu_cores")}
+                    rows.append([backend, writers, f"{rate:,.0f}", " · ".join(f"{r['rows_per_s']:,}" for r in runs), med["writer_cpu_cores"],
+                                 med["writer_cpu_us_per_row"], med["broker_cpu_cores"], f"{runs[0]['produce']['msgs_per_s']:,}",
+                                 f"{verdict} (>= {target:,})" if target else ""])
+        except ServersUnavailable as exc:
+            for writers in writer_counts:
+                results.append({"backend": backend, "writers": writers, "skipped": str(exc)})
+                rows.append([backend, writers, "-", None, None, None, None, None, f"skipped: {exc}"])
     print_table(
         ["backend", "writers", "rows/s", "each run", "writer CPU", "writer µs/row", "broker CPU", "produce msg/s", "target (1 writer)"],
         rows, title=f"Ingest of {n:,} temperature messages ({args.rooms} rooms, {args.partitions} partitions, batch {args.batch_size}, flush {args.flush_ms} ms)",

@@ -17,8 +17,9 @@ writers fall behind), the time to drain after the producer stops, and CPU of eac
 The lag reads as "growing" when the slope would add more than half a second of messages
 over the run; the target is a lag that never passes one writer batch (--batch-size).
 
-QuestDB rows run only when QUESTDB_URL answers; the writers then add rows to its
-`temperature` table (rooms room-1..room-R, current timestamps).
+Backends: `sqlite` (the embedded broker), `questdb` (the embedded broker into QuestDB) and
+`kafka+questdb` (Apache Kafka into QuestDB); QuestDB and Apache Kafka run from pipeline.servers
+(Java and Maven; a backend that cannot run is skipped saying why), emptied before each run.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import re
 import statistics
 import time
 
-from bench.common import Offsets, cpu_seconds, percentile, print_table, questdb, setting, temporary_stack, write_result
+from bench.common import Offsets, Servers, cpu_seconds, percentile, print_table, setting, temporary_stack, write_result
+from pipeline.servers import ServersUnavailable
 from tests.helpers import stop_process
 
 TOPIC = "temperature"
@@ -48,11 +50,12 @@ def producer_rates(log: str) -> list[float]:
     return [float(m) for m in re.findall(r"sent \d+ readings in \d+s \(([\d.]+)/s\)", log)]
 
 
-def measure(backend: str, store_url: str | None, rate: int, args) -> dict:
+def measure(backend: str, servers: Servers, rate: int, args) -> dict:
     rooms = max(1, round(rate / args.sensor_rate))
     per_sensor = rate / rooms
     env = {"WRITER_BATCH_SIZE": str(args.batch_size), "WRITER_FLUSH_MS": str(args.flush_ms)}
-    with temporary_stack(args.keep, store_url, **env) as stack, stack.broker(partitions=args.partitions) as broker:
+    servers.reset()
+    with temporary_stack(args.keep, **servers.settings, **env) as stack, stack.broker(partitions=args.partitions) as broker:
         writers = [stack.spawn("pipeline.run", "consumer", TOPIC, log_name=f"writer-{i}") for i in range(args.writers)]
         for i, w in enumerate(writers):
             stack.wait_log(f"writer-{i}", "assigned partitions", w, 60)
@@ -66,7 +69,7 @@ def measure(backend: str, store_url: str | None, rate: int, args) -> dict:
                 time.sleep(0.05)
             first = time.monotonic()
             time.sleep(args.warmup)
-            pids = {"writers": [w.pid for w in writers], "producer": [prod.pid], "broker": [broker.pid]}
+            pids = {"writers": [w.pid for w in writers], "producer": [prod.pid], "broker": [broker.pid if broker else servers.broker_pid]}
             cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
             t0, high0 = time.monotonic(), offsets.high()
             samples = []  # (seconds since t0, high, committed, lag)
@@ -97,9 +100,7 @@ def measure(backend: str, store_url: str | None, rate: int, args) -> dict:
         for w in writers:
             stop_process(w)
         from pipeline.schema import TOPICS
-        from pipeline.store import open_store
-
-        with open_store(stack.store_url) as store:
+        with stack.open_store() as store:
             stored = store.count(TOPICS[TOPIC]) if backend == "sqlite" else None
         reported = producer_rates(stack.log("producer"))
 
@@ -132,7 +133,7 @@ def main() -> None:
     p.add_argument("--sensor-rate", type=float, default=50.0, help="readings/s per room; rooms = rate / this (default 50)")
     p.add_argument("--writers", type=int, default=1, help="writer processes in the group (default 1)")
     p.add_argument("--partitions", type=int, default=3, help="partitions of the topic (default 3)")
-    p.add_argument("--backends", default="sqlite,questdb", help="default sqlite,questdb (QuestDB only if QUESTDB_URL answers)")
+    p.add_argument("--backends", default="sqlite,questdb", help="of sqlite, questdb, kafka+questdb (default sqlite,questdb)")
     p.add_argument("--batch-size", type=int, default=setting("WRITER_BATCH_SIZE"), help="WRITER_BATCH_SIZE (default: the product's)")
     p.add_argument("--flush-ms", type=int, default=setting("WRITER_FLUSH_MS"), help="WRITER_FLUSH_MS (default: the product's)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="longest wait for the lag to clear after the producer stops")
@@ -141,22 +142,22 @@ def main() -> None:
     args.duration = args.duration or (15.0 if args.quick else 60.0)
     rates = [int(r) for r in args.rates.split(",")]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    qdb_url, qdb_reason = questdb() if "questdb" in backends else (None, "not requested")
-
     results, rows = [], []
     for backend in backends:
-        for rate in rates:
-            if backend == "questdb" and not qdb_url:
-                results.append({"backend": backend, "target_msgs_per_s": rate, "skipped": qdb_reason})
-                rows.append([backend, args.writers, rate] + [None] * 9 + [f"skipped: {qdb_reason}"])
-                continue
-            print(f"running {backend}: {rate:,} msg/s for {args.duration:.0f}s with {args.writers} writer(s) ...", flush=True)
-            r = measure(backend, qdb_url if backend == "questdb" else None, rate, args)
-            results.append(r)
-            rows.append([backend, args.writers, rate, r["achieved_msgs_per_s"], r["lag_max"], r["lag_p95"], r["lag_median"], r["lag_last"],
-                         r["lag_slope_msgs_per_s"], r["drain_s"], r["cpu_cores"]["writers"], r["cpu_cores"]["producer"],
-                         ("GROWING" if r["lag_growing"] else "steady") + ("" if r["reached_rate"] else ", rate not reached")
-                         + ("" if r["lag_under_one_batch"] else f", max over one batch ({args.batch_size:,})")])
+        try:
+            with Servers(backend) as servers:
+                for rate in rates:
+                    print(f"running {backend}: {rate:,} msg/s for {args.duration:.0f}s with {args.writers} writer(s) ...", flush=True)
+                    r = measure(backend, servers, rate, args)
+                    results.append(r)
+                    rows.append([backend, args.writers, rate, r["achieved_msgs_per_s"], r["lag_max"], r["lag_p95"], r["lag_median"], r["lag_last"],
+                                 r["lag_slope_msgs_per_s"], r["drain_s"], r["cpu_cores"]["writers"], r["cpu_cores"]["producer"],
+                                 ("GROWING" if r["lag_growing"] else "steady") + ("" if r["reached_rate"] else ", rate not reached")
+                                 + ("" if r["lag_under_one_batch"] else f", max over one batch ({args.batch_size:,})")])
+        except ServersUnavailable as exc:
+            for rate in rates:
+                results.append({"backend": backend, "target_msgs_per_s": rate, "skipped": str(exc)})
+                rows.append([backend, args.writers, rate] + [None] * 9 + [f"skipped: {exc}"])
     print_table(
         ["backend", "writers", "target/s", "achieved/s", "lag max", "lag p95", "lag p50", "lag last", "slope/s", "drain s", "writer CPU", "producer CPU", "verdict"],
         rows, title=f"Writer lag in messages, sampled each second for {args.duration:.0f}s (batch {args.batch_size}, flush {args.flush_ms} ms, {args.sensor_rate:g}/s per room)",
