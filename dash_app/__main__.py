@@ -11,7 +11,7 @@ import time
 # The standard library only, so that `main` takes signals before the slow imports (see pipeline.run).
 from pipeline.daemon import PARENT_ENV, setup_logging, stop_event
 
-# The settings the dashboard reads (all of them are environment variables: see the README).
+# The settings the dashboard reads (all of them are environment variables: docs/configuration.md).
 READS = ("DASH_HOST", "DASH_PORT", "DASH_ALLOWED_HOSTS", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CLIENT_CONFIG", "BROKER_PORT", "STORE_URL",
          "QUESTDB_PG_URL",
          "LIVE_WINDOW_S", "LIVE_MAX_POINTS", "LIVE_BUCKETS", "LIVE_MAX_PAGES", "LOG_LEVEL")
@@ -38,7 +38,7 @@ def two_malloc_arenas() -> None:
     glibc gives threads arenas of their own, up to eight per core, and keeps what was freed in
     each. Every renewal of the embedded broker starts the live feed's new Kafka clients, each
     with threads of its own, and the dashboard's memory grew at each renewal and nowhere else
-    (README, Performance: Soak). Called before any thread starts; gunicorn's worker, forked from
+    (docs/performance.md, Soak). Called before any thread starts; gunicorn's worker, forked from
     this process, inherits the limit."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return

@@ -1,5 +1,5 @@
 """The charts on the page. To add one, add a Chart here: history, zoom and the live stream
-follow from its topic and fields (see the README's "Add a chart")."""
+follow from its topic and fields (docs/dashboard.md, "Add a chart")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

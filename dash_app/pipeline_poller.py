@@ -175,7 +175,7 @@ class PipelinePoller(threading.Thread):
         common = {"bootstrap.servers": address, "log_level": 2, "error_cb": lambda _err: None, **self.cfg.kafka_client_properties}
         # Known risk: as a broker died, librdkafka 2.16.0 aborted this process in three of six
         # runs with admin calls in flight (rd_kafka_enq_once_del_source_return: eonce->refcnt > 0;
-        # librdkafka issues #4605 and #3663, open). README, Performance: Replication.
+        # librdkafka issues #4605 and #3663, open). docs/performance.md, Replication.
         self.admin = AdminClient(common)
         # Reads last batches and dead letters by assign(): it never joins or commits to a group.
         self.probe = Consumer({**common, "group.id": "pipeline-page-probe", "client.id": "dashboard-pipeline",

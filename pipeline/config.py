@@ -1,7 +1,7 @@
 """Every setting of the product, read from environment variables in one place (pydantic-settings).
 
 Each field names its variable (the field name in capitals), its default, what it accepts and what
-it means; the README's configuration table lists the same (tests/test_config.py keeps the two in
+it means; docs/configuration.md lists the same (tests/test_config.py keeps the two in
 step). A refused setting is one line naming the variable and what it accepts: `load()` raises
 ConfigError, and the commands exit with code 2 (`load_or_exit`) before anything starts.
 Command-line options of `pipeline.run` go through the same validation (`load(overrides)`), then
@@ -48,7 +48,7 @@ def _count(default: int, help: str) -> Any:
 
 
 class Config(BaseSettings):
-    """The product's settings, frozen. Fields are in the order the README shows them."""
+    """The product's settings, frozen. Fields are in the order docs/configuration.md shows them."""
 
     model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, extra="ignore", str_strip_whitespace=True)
 
@@ -59,7 +59,7 @@ class Config(BaseSettings):
     kafka_client_config: str = _setting(
         "", "empty, or PROPERTY=VALUE[;PROPERTY=VALUE...]",
         "Extra librdkafka properties for every Kafka client of the product, e.g. "
-        "`security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512;sasl.username=dash;sasl.password=...` (see Security).")
+        "`security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512;sasl.username=dash;sasl.password=...` (docs/security.md).")
     broker_port: int = _port(19092, "Port of the embedded broker.")
     broker_max_mb: int = _count(
         1024, "Memory of the embedded broker (it keeps every message) above which `run all` renews it: an empty broker starts "
@@ -82,7 +82,7 @@ class Config(BaseSettings):
         "path; its folder must exist, except `RUN_DIR`, which is created. QuestDB: writers send ILP over HTTP, "
         "`questdb://HOST[:PORT]` to PORT (9000) without TLS or login; a client string goes to QuestDB's `questdb` client as "
         "written (plus `auto_flush=off`, and `retry_timeout=5000` unless it sets one), e.g. `https::addr=db.example:9000;username=writer;password=...;tls_roots=/etc/ssl/qdb-ca.pem;` or "
-        "`https::addr=db.example:9000;token=...;` (see Security). Reads go over PG wire: see QUESTDB_PG_URL.")
+        "`https::addr=db.example:9000;token=...;` (docs/security.md). Reads go over PG wire: see QUESTDB_PG_URL.")
     questdb_pg_url: str = _setting(
         "", "empty, or `postgresql://[USER[:PASSWORD]@][HOST][:PORT][/DATABASE][?PARAM=VALUE&...]`",
         "Where the QuestDB store is read and its tables are created (PG wire), with a QuestDB STORE_URL. Empty: STORE_URL's "
@@ -123,8 +123,8 @@ class Config(BaseSettings):
         50, "Most pages one dashboard process streams to at once (each holds a websocket and a server thread); "
         "a page over the limit is told so and retries.")
     alert_rules: str = _setting(
-        "", "empty, or the path of a TOML file of `[[rules]]` (see Alerts)",
-        "The alert rules. Empty: the defaults, from the charts' bands (README, Alerts). A bad rule stops `run all` with one "
+        "", "empty, or the path of a TOML file of `[[rules]]` (docs/alerts.md)",
+        "The alert rules. Empty: the defaults, from the charts' bands (docs/alerts.md). A bad rule stops `run all` with one "
         "line naming the rule and what it accepts.")
     alert_webhook_url: str = _setting(
         "", "empty, or an `http://` or `https://` URL",
@@ -224,7 +224,7 @@ class Setting:
     help: str
 
 
-# The documented variables, in the order the README shows them.
+# The documented variables, in the order docs/configuration.md shows them.
 SETTINGS: tuple[Setting, ...] = tuple(
     Setting(name.upper(), "" if f.default is None else str(f.default), f.json_schema_extra["accepts"], f.description)
     for name, f in Config.model_fields.items()

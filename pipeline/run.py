@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     defaults = {s.env: s.default for s in config.SETTINGS}
     p = argparse.ArgumentParser(
         prog="python -m pipeline.run",
-        description="Simulated sensors -> Kafka -> store. Settings come from environment variables (see README); options override them.",
+        description="Simulated sensors -> Kafka -> store. Settings come from environment variables (see docs/configuration.md); options override them.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {

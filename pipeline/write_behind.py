@@ -3,9 +3,9 @@ batch while the store takes this one.
 
 A thread cannot overlap them. SQLite's `executemany` lets go of the GIL at every row (and a
 QuestDB write at its request), and getting it back from a thread busy decoding the next batch
-takes a switch interval each time, so a batch's write grew from milliseconds to seconds (README,
-Performance). A second process has a GIL of its own. For the same reason the writer talks to it
-over a socket from its own thread, not through `concurrent.futures`, whose helper thread would
+takes a switch interval each time, so a batch's write grew from milliseconds to seconds
+(docs/performance.md). A second process has a GIL of its own. For the same reason the writer
+talks to it over a socket from its own thread, not through `concurrent.futures`, whose helper thread would
 wait for the GIL at every hand-over: a batch's columns go across pickled, and the answer comes
 back as None or the error.
 

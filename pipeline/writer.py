@@ -15,7 +15,7 @@ Writers fetch with a 500 ms wait and 64 KiB minimum (WRITER_FETCH): they need no
 latency, and on the embedded broker every fetch costs in proportion to what it holds. That
 broker sleeps after each read of a fetch, even one that found enough, so it answers no sooner
 than the sleep (with this wait a writer got data ~4 times a second at 20,000 msg/s, ~2 at a few
-hundred): a shorter wait buys lag with broker CPU (README, Performance). What the writer adds
+hundred): a shorter wait buys lag with broker CPU (docs/performance.md). What the writer adds
 on top is WRITER_FLUSH_MS at most: a batch is written that long after the consume() call that
 brought its first message began waiting.
 

@@ -20,7 +20,7 @@ from pipeline import config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-README = (ROOT / "README.md").read_text()
+COMPOSE_DOC = (ROOT / "docs" / "kafka-and-questdb.md").read_text()
 DOCKER_COMPOSE = shutil.which("docker-compose")
 CLUSTER_BROKERS = ["kafka-1", "kafka-2", "kafka-3"]
 STACKS = {"single": (["kafka"], ["pipeline", "dashboard"]), "cluster": (CLUSTER_BROKERS, ["pipeline-cluster", "dashboard-cluster"])}
@@ -68,9 +68,9 @@ def test_docker_compose_validates_the_file(profile):
     assert result.returncode == 0, result.stderr
 
 
-def test_every_service_the_readme_names_exists(services):
-    starts = re.search(r"This starts (\w+) services: (.*?)\n\n", README, re.DOTALL)
-    cluster = re.search(r"\*\*Three-broker cluster\.\*\*(.*?)\n\n", README, re.DOTALL)
+def test_every_service_the_docs_name_exists(services):
+    starts = re.search(r"This starts (\w+) services: (.*?)\n\n", COMPOSE_DOC, re.DOTALL)
+    cluster = re.search(r"\*\*Three-broker cluster\.\*\*(.*?)\n\n", COMPOSE_DOC, re.DOTALL)
     default = re.findall(r"`([a-z][a-z0-9-]*)`", starts.group(2))
     added = [n for n in re.findall(r"`([a-z][a-z0-9-]*)`", cluster.group(1)) if n != "cluster"]
     assert starts.group(1) == "four" and len(default) == 4
@@ -98,8 +98,8 @@ def test_product_services_use_their_stacks_kafka_and_questdb(services, stack):
         with mock.patch.dict(os.environ, {s.env: "" for s in config.SETTINGS}):
             os.environ.update({k: v for k, v in env.items() if "${" not in v})
             config.load()  # the product accepts what compose gives it
-    if stack == "single":  # as the README says
-        assert f"`KAFKA_BOOTSTRAP_SERVERS={env['KAFKA_BOOTSTRAP_SERVERS']}` and `STORE_URL={env['STORE_URL']}`" in README
+    if stack == "single":  # as docs/kafka-and-questdb.md says
+        assert f"`KAFKA_BOOTSTRAP_SERVERS={env['KAFKA_BOOTSTRAP_SERVERS']}` and `STORE_URL={env['STORE_URL']}`" in COMPOSE_DOC
 
 
 def test_cluster_profile_is_three_brokers_replication_3_min_isr_2(services):

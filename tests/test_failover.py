@@ -26,7 +26,7 @@ from tests.helpers import CLUSTER, stop_process, wait_for
 RATE = 50  # per sensor: 11 sensors, 550 readings/s
 HOLE_MS = 2000
 # Bounds that hold on a busy two-core machine, above the targets (3 s, 5 s, 30 s), which
-# this setup does not meet (README, Performance: Replication): a killed broker is fenced after
+# this setup does not meet (docs/performance.md, Replication): a killed broker is fenced after
 # broker.session.timeout.ms (3 s), after a new controller is elected if it was the controller,
 # and the groups whose coordinator it was rejoin; a JVM restarting there took 20-50 s to answer.
 NEWEST_AGE_MS = 15_000
