@@ -197,6 +197,15 @@ class Stack:
             self.env["PARTITIONS"] = str(partitions)
         if not self.embedded:
             ensure_topics(self.config())
+            # Topics deleted and created again under the same names (conftest's reset): a broker
+            # can answer NOT_LEADER_FOR_PARTITION for a moment after they are created.
+            from confluent_kafka import KafkaException
+
+            from pipeline.kafka import group_progress
+            from pipeline.schema import TOPICS
+
+            wait_for(lambda: [group_progress(self.bootstrap, name, "ready-check") for name in TOPICS], 30,
+                     "Kafka to serve the new topics", ignore=(KafkaException,))
             yield None
             return
         with self.running("pipeline.run", "broker", log_name="broker") as proc:
