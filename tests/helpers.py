@@ -19,6 +19,7 @@ import pytest
 
 from dash_app.charts import CHARTS
 from dash_app.figures import envelope_id
+from pipeline.daemon import dies_with_us
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every trace of every chart on the page: ["<chart> <meta>", xs, ys].
@@ -160,6 +161,7 @@ class Stack:
             proc = subprocess.Popen(
                 [sys.executable, "-m", *args], cwd=ROOT, env={**self.env, **(env or {})},
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=dies_with_us(),  # noqa: PLW1509 - nothing outlives a test run that crashed
             )
         self.procs.append(proc)
         return proc
