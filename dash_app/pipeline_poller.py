@@ -45,6 +45,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaExcepti
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dash_app import group_wire
+from dash_app.live import FEED_TOPICS
 from dash_app.replication_watch import ReplicationWatch
 from pipeline import alerter, kafka
 from pipeline.broker import current_address, read_address
@@ -68,7 +69,7 @@ def group_topics(group_id: str) -> list[str] | None:
     if group_id.startswith(WRITER_PREFIX) and group_id[len(WRITER_PREFIX):] in TOPICS:
         return [group_id[len(WRITER_PREFIX):]]
     if group_id.startswith(DASHBOARD_PREFIX):
-        return list(TOPICS)
+        return list(FEED_TOPICS)
     if group_id == alerter.GROUP:
         return alerter.topics()
     return None

@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 
 from dash_app.app import create_app
 from dash_app.group_wire import client_id_of, parse_assignment, parse_response
+from dash_app.live import FEED_TOPICS
 from dash_app.pipeline_poller import group_topics, range_assign
 from dash_app.services import Services
 from pipeline.broker import current_address
@@ -40,7 +41,7 @@ def test_range_assign_matches_librdkafka_range_assignor():
 
 def test_group_topics_and_client_ids():
     assert group_topics("store-writer.temperature") == ["temperature"]
-    assert group_topics("dashboard-0123456789ab") == list(TOPICS)
+    assert group_topics("dashboard-0123456789ab") == [*TOPICS, "alerts"]
     assert group_topics("alerter") == [n for t in TOPICS.values() for n in (t.name, t.dlq)]
     assert group_topics("someone-else") is None
     assert client_id_of("writer-humidity-9011fb51-904e-4ccf-b42a-d5e862826dbf") == "writer-humidity"
@@ -95,10 +96,10 @@ def test_pipeline_page_shows_topics_groups_a_rebalance_and_dead_letters(dash_duo
         # The alerter reads every reading and dead letter in a group of its own and publishes to `alerts`.
         duo.wait_for_element('#topics-table tr[data-topic="alerts"]', timeout=20)
         duo.wait_for_contains_text('.group[data-group="alerter"] h3', "the alerter", timeout=20)
-        # Each dashboard process reads every partition of every topic in a group of its own.
+        # Each dashboard process reads every partition of every topic (the alerts too) in a group of its own.
         dashboards = wait_for(lambda: [m for m in duo.driver.execute_script(MEMBERS) if m["group"].startswith("dashboard-")],
                               20, "the dashboard's own group")
-        assert len(dashboards) == 1 and len(dashboards[0]["partitions"]) == len(TOPICS) * partitions
+        assert len(dashboards) == 1 and len(dashboards[0]["partitions"]) == len(FEED_TOPICS) * partitions
         group = "store-writer.temperature"
         wait_for(lambda: split_covers_all(members(duo, group), 1, partitions), 20, "one writer owning every partition")
         (first,) = members(duo, group)
