@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Self
 
 from pipeline.broker import free_port
-from pipeline.daemon import dies_with_us
+from pipeline.daemon import Stop, dies_with_us, stop_event
 
 POM = Path(__file__).with_name("pom.xml")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sensor-dashboard"
@@ -145,7 +145,8 @@ class JavaServer:
             )
         return self
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> Self:
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, stop: Stop | None = None) -> Self:
+        """Wait until it answers; ServersUnavailable if it exits, does not answer in time, or `stop` is set."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -157,7 +158,10 @@ class JavaServer:
                 pass
             if time.monotonic() > deadline:
                 raise ServersUnavailable(f"{self.name} did not answer within {timeout:.0f} s; its log ends:\n{self.log_tail()}")
-            time.sleep(0.1)
+            if stop is None:
+                time.sleep(0.1)
+            elif stop.wait(0.1):
+                raise ServersUnavailable(f"{self.name}: stopped while starting")
         self.startup_s = time.monotonic() - self._started
         return self
 
@@ -328,9 +332,9 @@ class Kafka:
             node.start()
         return self
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> Self:
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, stop: Stop | None = None) -> Self:
         for node in self.nodes.values():
-            node.wait_ready(timeout)
+            node.wait_ready(timeout, stop)
         self.startup_s = time.monotonic() - self._started
         return self
 
@@ -460,13 +464,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interrupt(_signum, _frame):
-    raise KeyboardInterrupt  # SIGTERM stops the servers as Ctrl-C does
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop = stop_event("servers")  # Ctrl-C or SIGTERM: the servers stop, and their data goes with them
     servers: list = []
     try:
         java()
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             server.start()
         for server in servers:
-            server.wait_ready()
+            server.wait_ready(stop=stop)
         for server in servers:
             if isinstance(server, Kafka):
                 print(f"Apache Kafka ({len(server.nodes)} node{'s' * (len(server.nodes) > 1)}, pids "
@@ -489,12 +489,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"QuestDB (pid {server.pid}) ready in {server.startup_s:.1f} s; console http://127.0.0.1:{server.http_port}")
                 print(f"  STORE_URL={server.store_url}  QUESTDB_PG_URL={server.pg_url}")
         print("Ctrl-C stops them (their data goes with them).", flush=True)
-        signal.pause()
+        stop.wait()
     except ServersUnavailable as exc:
-        print(f"servers: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
+        if not stop.is_set():
+            print(f"servers: {exc}", file=sys.stderr)
+            return 1
     finally:
         for server in reversed(servers):
             server.close()
