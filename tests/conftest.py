@@ -108,13 +108,19 @@ def broker(stack: Stack):
 @pytest.fixture
 def pipeline(stack, request):
     """`run all --no-dashboard` at 2 readings/s per sensor (one per live bucket: raw points), or
-    at the rate a test asks for with `@pytest.mark.parametrize("pipeline", [RATE], indirect=True)`."""
-    stack.env["RATE"] = str(getattr(request, "param", 2))  # the dashboard's too, as `run all --rate` gives it
-    proc = stack.spawn("pipeline.run", "all", "--no-dashboard", log_name="all")
+    at the rate a test asks for with `@pytest.mark.parametrize("pipeline", [RATE], indirect=True)`;
+    with `[(RATE, "dashboard")]`, `run all` with its dashboard, a supervised child serving DASH_PORT
+    in a process of its own, as a user runs it."""
+    param = getattr(request, "param", 2)
+    rate, dashboard = param if isinstance(param, tuple) else (param, None)
+    stack.env["RATE"] = str(rate)  # the dashboard's too, as `run all --rate` gives it
+    proc = stack.spawn("pipeline.run", "all", *([] if dashboard == "dashboard" else ["--no-dashboard"]), log_name="all")
     try:
         with stack.open_store() as store:
             store.ensure_tables()
-            wait_for(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 30, "rows in every table")
+            # The dashboard starting beside the writers (gunicorn, Dash, its Kafka clients) delays
+            # them on a busy two-core machine: 32 s to the last table's first rows once.
+            wait_for(lambda: all(store.count(s) > 0 for s in TOPICS.values()), 90 if dashboard == "dashboard" else 30, "rows in every table")
         yield stack
     finally:
         # `run all` stops in order and waits for its writers to store everything (README), which
