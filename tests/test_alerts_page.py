@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from selenium.common.exceptions import NoSuchElementException
 
 from tests.helpers import wait_for
 from tests.test_alerts_pipeline import RULES_TOML, Spikes
@@ -45,7 +44,7 @@ def test_a_spike_fires_on_the_page_within_2_s_and_resolves_after_it_ends(hot_rul
     spikes = Spikes(services.cfg)  # room `lab`: 3 s at 30 °C, 3 s at 20 °C, over and over
     spikes.start()
     try:
-        fired = wait_for(lambda: [s for s in duo.driver.execute_script("return window.firingSeen") if s[0].startswith("hot|lab|")][2:],
+        wait_for(lambda: [s for s in duo.driver.execute_script("return window.firingSeen") if s[0].startswith("hot|lab|")][2:],
                          60, "three firings of hot/lab on the page")
         delays = [shown - event for _, shown, event in duo.driver.execute_script("return window.firingSeen") if _.startswith("hot|lab|")]
         print(f"event time -> firing shown, ms: {delays}")
@@ -56,12 +55,12 @@ def test_a_spike_fires_on_the_page_within_2_s_and_resolves_after_it_ends(hot_rul
                  "a resolved change of hot/lab in the last 24 h")
         # While it fires, the sensor's card is marked and the temperature chart has a band over it.
         card = json.dumps({"id": "temperature|lab", "type": "card"}, separators=(",", ":"))
-        wait_for(lambda: "card-firing" in duo.driver.find_element("id", card).get_attribute("class"), 30,
-                 "the lab card marked as firing", ignore=(NoSuchElementException,))
+        # By element id through the DOM: Selenium turns an id into a CSS selector, which a JSON id breaks.
+        wait_for(lambda: "card-firing" in (duo.driver.execute_script("return document.getElementById(arguments[0])?.className", card) or ""),
+                 30, "the lab card marked as firing")
         chart = json.dumps({"id": "temperature", "type": "chart"}, separators=(",", ":"))
         bands = wait_for(lambda: duo.driver.execute_script(BANDS, chart), 10, "alert bands on the temperature chart")
         assert all(b.startswith("alert|hot|lab|") for b in bands), bands
-        assert len(fired) >= 3
     finally:
         spikes.stopping.set()
         spikes.join(10)
