@@ -98,7 +98,21 @@ def classpath() -> list[str]:
 # ---- one server process ----------------------------------------------------------------------
 
 
-class JavaServer:
+class _Managed:
+    """`with server:` starts it and waits until it answers (stopping it if that fails); leaving stops it."""
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start().wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class JavaServer(_Managed):
     """One JVM server: its folder (data and log), started, ready once it answers, stopped."""
 
     name = "server"
@@ -186,16 +200,6 @@ class JavaServer:
             return self.log_path.read_text(errors="replace")[-chars:]
         except FileNotFoundError:
             return ""
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start().wait_ready()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         """Stop the server and remove its folder."""
@@ -294,7 +298,7 @@ class KafkaNode(JavaServer):
         return True
 
 
-class Kafka:
+class Kafka(_Managed):
     """Apache Kafka in KRaft mode on 127.0.0.1: `size` nodes, each broker and controller.
 
     `bootstrap` is the KAFKA_BOOTSTRAP_SERVERS to give the product. Nodes are kept by id (1..size)
@@ -379,16 +383,6 @@ class Kafka:
 
     def log_tail(self, chars: int = 3000) -> str:
         return "\n".join(f"-- kafka node {n} --\n{node.log_tail(chars // len(self.nodes))}" for n, node in self.nodes.items())
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start().wait_ready()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         for node in self.nodes.values():
