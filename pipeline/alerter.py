@@ -334,8 +334,7 @@ class Alerter:
         tps = [TopicPartition(t, p, o) for (t, p), o in source.offsets.items()]
         source.offsets = {}
         try:
-            results = source.consumer.commit(offsets=tps, asynchronous=False) or []
-            failed = [f"{tp.topic}/{tp.partition}" for tp in results if tp.error is not None]
+            failed = kafka.commit(source.consumer, tps)
             if failed:
                 self.log.warning("commit failed for %s; those readings are evaluated again (nothing is published twice)", ", ".join(failed))
         except KafkaException as exc:

@@ -143,6 +143,13 @@ def admin(cfg: Config) -> AdminClient:
     return AdminClient({"bootstrap.servers": cfg.bootstrap_servers, "log_level": 2, "error_cb": ErrorSummary("admin"), **cfg.kafka_client_properties})
 
 
+def commit(consumer: Consumer, offsets: list[TopicPartition]) -> list[str]:
+    """Commit `offsets` and wait; "topic/partition: error" for each partition whose commit
+    failed (every partition's result is checked). Raises KafkaException if the request failed."""
+    results = consumer.commit(offsets=offsets, asynchronous=False) or []
+    return [f"{tp.topic}/{tp.partition}: {tp.error.str()}" for tp in results if tp.error is not None]
+
+
 def group_progress(bootstrap: str, topic: str, group: str, timeout: float = 10) -> tuple[int, int]:
     """(committed, end): a group's committed offsets and the topic's end offsets, summed.
 

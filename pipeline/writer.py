@@ -299,10 +299,9 @@ class StoreWriter:
         # The rows are stored either way; whoever owns a partition whose commit failed re-reads
         # them and the upsert makes that harmless. Each partition's result is checked.
         try:
-            results = self.consumer.commit(offsets=tps, asynchronous=False) or []
-            failed = [f"{tp.partition}: {tp.error.str()}" for tp in results if tp.error is not None]
+            failed = kafka.commit(self.consumer, tps)
             if failed:
-                self.log.warning("commit failed for partitions %s; the next owner will re-read these rows", "; ".join(failed))
+                self.log.warning("commit failed for %s; the next owner will re-read these rows", "; ".join(failed))
         except KafkaException as exc:
             self.log.warning("commit failed (%s); the next owner will re-read these rows", exc.args[0].str())
 
