@@ -7,7 +7,6 @@ a hole longer than one reporting interval (1 / rate).
 """
 from __future__ import annotations
 
-import contextlib
 import re
 import signal
 import time
@@ -28,16 +27,11 @@ def sent_by_producers(log: str) -> int:
 
 
 def stored_and_gaps(stack, since_ms: int, sent: int) -> tuple[int, float]:
-    """Rows stored in all tables, and the longest gap (ms) between consecutive readings of a series.
-
-    On Apache Kafka a stop leaves in Kafka what the writers had not stored (only the embedded
-    broker, which forgets it, is drained first): writers started again must store it all."""
+    """Rows stored in all tables (once writers stored what Kafka kept), and the longest gap (ms)
+    between consecutive readings of a series."""
     total, worst = 0, 0.0
-    with stack.open_store() as store, contextlib.ExitStack() as writers:
-        if not stack.embedded:
-            for name in TOPICS:
-                writers.enter_context(stack.running("pipeline.run", "consumer", name, log_name=f"writer-{name}"))
-            wait_for(lambda: sum(store.count(spec) for spec in TOPICS.values()) >= sent, 60, "writers started again to store what Kafka kept")
+    stack.store_what_kafka_kept(sent)
+    with stack.open_store() as store:
         for spec in TOPICS.values():
             total += store.count(spec)
             frame = store.since(spec, since_ms)
