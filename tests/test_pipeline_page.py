@@ -89,6 +89,9 @@ def test_pipeline_page_shows_topics_groups_a_rebalance_and_dead_letters(dash_duo
         duo = dash_duo
         duo.driver.get(duo.server_url + "/pipeline")
         partitions = pipeline.config().partitions
+        # The first poll's answer: on Apache Kafka it waits for every group's description, which
+        # took about 20 s on a busy two-core machine.
+        duo.wait_for_element("#topics-table", timeout=60)
         for topic in TOPICS:
             duo.wait_for_contains_text("#topics-table", f"{topic}.dlq", timeout=20)
             duo.wait_for_element(f'#topics-table tr[data-topic="{topic}"]')
