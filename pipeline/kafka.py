@@ -94,7 +94,12 @@ def _tick_all() -> None:
     while True:
         time.sleep(1.0)
         now = time.monotonic()
-        for summary in list(_summaries):
+        # The copy under the lock: a summary created meanwhile (another thread's new client)
+        # changed the set during an unguarded copy, which killed this thread, and every
+        # ErrorSummary after that failed to start it again.
+        with _lock:
+            summaries = list(_summaries)
+        for summary in summaries:
             summary.tick(now)
 
 
