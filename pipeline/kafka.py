@@ -53,8 +53,7 @@ class ErrorSummary:
         self.latest = ""
         with _lock:
             _summaries.add(self)
-            if not _ticker.is_alive():
-                _ticker.start()
+            _start_ticker()
 
     def __call__(self, err) -> None:
         now = self.clock()
@@ -94,16 +93,26 @@ def _tick_all() -> None:
     while True:
         time.sleep(1.0)
         now = time.monotonic()
-        # The copy under the lock: a summary created meanwhile (another thread's new client)
-        # changed the set during an unguarded copy, which killed this thread, and every
-        # ErrorSummary after that failed to start it again.
+        # Copied under the lock: another thread's new client may add a summary meanwhile.
         with _lock:
             summaries = list(_summaries)
         for summary in summaries:
-            summary.tick(now)
+            try:
+                summary.tick(now)
+            except Exception:  # one summary's failure must not silence the others
+                log.exception("kafka %s: error summary failed", summary.name)
 
 
-_ticker = threading.Thread(target=_tick_all, name="kafka-errors", daemon=True)  # serves every ErrorSummary
+_ticker: threading.Thread | None = None  # one thread serves every ErrorSummary
+
+
+def _start_ticker() -> None:
+    """Start the ticker unless it runs; called under _lock. A new thread each time it is
+    needed, because a forked child inherits a stopped copy of the parent's."""
+    global _ticker
+    if _ticker is None or not _ticker.is_alive():
+        _ticker = threading.Thread(target=_tick_all, name="kafka-errors", daemon=True)
+        _ticker.start()
 
 
 def producer(cfg: Config, client_id: str, bootstrap: str | None = None, overrides: dict | None = None) -> Producer:
