@@ -92,15 +92,15 @@ _summaries: weakref.WeakSet[ErrorSummary] = weakref.WeakSet()
 def _tick_all() -> None:
     while True:
         time.sleep(1.0)
-        now = time.monotonic()
-        # Copied under the lock: another thread's new client may add a summary meanwhile.
-        with _lock:
-            summaries = list(_summaries)
-        for summary in summaries:
-            try:
+        try:
+            now = time.monotonic()
+            # Copied under the lock: another thread's new client may add a summary meanwhile.
+            with _lock:
+                summaries = list(_summaries)
+            for summary in summaries:
                 summary.tick(now)
-            except Exception:  # one summary's failure must not silence the others
-                log.exception("kafka %s: error summary failed", summary.name)
+        except Exception:  # a failing tick must not end the summaries of every client
+            log.exception("kafka error summaries: a tick failed")
 
 
 _ticker: threading.Thread | None = None  # one thread serves every ErrorSummary
