@@ -3,7 +3,8 @@
 Changes reach the page two ways, merged in the browser by each change's id (rule, sensor,
 episode, state: dash_app.live.alert_row), so one seen both ways counts once:
 - at each history load (the `cursor` store changes), the store's `alerts` table for the last
-  HISTORY_S, joined to the ring's alert changes (the store is written a moment after the alerts
+  HISTORY_S and the latest change of each alert still open from before it, joined to the ring's
+  alert changes (the store is written a moment after the alerts
   topic; the ring holds what came since the process started, so the two leave no hole);
 - then live, in the websocket frames (dash_app/live.py), merged into `alerts-live` by the frame
   handler of assets/live.js.
@@ -59,10 +60,14 @@ def alert_charts(cfg: Config) -> dict[str, list[str]]:
 
 
 def history(services: Services, now_ms: int) -> dict:
-    """The changes of the last HISTORY_S: the store's, and the ring's (newer than the store may be yet)."""
-    changes = {}
+    """The changes of the last HISTORY_S, the store's and the ring's (newer than the store may be
+    yet), and the latest change of each alert still open from before them: it belongs in "now"
+    (the panel lists only the window's changes under "Last 24 h")."""
+    start = now_ms - HISTORY_S * 1000
+    changes, still_open = {}, []
     try:
-        for alert in services.store.alerts(now_ms - HISTORY_S * 1000):
+        still_open = [alert_row(a) for a in services.store.latest_alerts(start) if a.state != "resolved"]
+        for alert in services.store.alerts(start):
             row = alert_row(alert)
             changes[row["id"]] = row
         error = None
@@ -71,7 +76,7 @@ def history(services: Services, now_ms: int) -> dict:
     rows, _ = services.ring.snapshot()
     for row in rows.get(ALERTS_TOPIC, []):
         changes[row["id"]] = row
-    newest = sorted(changes.values(), key=lambda row: row["ts"])[-HISTORY_KEPT:]
+    newest = [*still_open, *sorted(changes.values(), key=lambda row: row["ts"])[-HISTORY_KEPT:]]
     return {"changes": {row["id"]: row for row in newest}, "error": error}
 
 

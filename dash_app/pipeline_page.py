@@ -40,7 +40,8 @@ LESSONS = {
               "the partitions again; lag is what a group still has to commit.",
     "dead": "A message that fails validation is neither retried forever nor dropped: the writer copies it "
             "unchanged to <topic>.dlq, with the reason in its error header and its origin (topic/partition/offset) "
-            "in source, commits, and carries on.",
+            "in source, commits, and carries on. The alerter does the same with each change of an alert its "
+            "webhook failed to deliver: to alerts.dlq, with the server's answer.",
 }
 EMBEDDED = {
     "broker": "This is the embedded broker (Tansu, started by `python -m pipeline.run all`): one broker, memory "

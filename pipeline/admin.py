@@ -7,7 +7,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import NewTopic
 
 from pipeline import kafka
-from pipeline.alerts import ALERTS_TOPIC
+from pipeline.alerts import ALERTS_TOPIC, WEBHOOK_DLQ
 from pipeline.config import Config
 from pipeline.schema import TOPICS
 
@@ -15,7 +15,7 @@ log = logging.getLogger("admin")
 
 
 def topic_names() -> list[str]:
-    return [n for spec in TOPICS.values() for n in (spec.name, spec.dlq)] + [ALERTS_TOPIC]
+    return [n for spec in TOPICS.values() for n in (spec.name, spec.dlq)] + [ALERTS_TOPIC, WEBHOOK_DLQ]
 
 
 def min_insync(replication: int) -> int:

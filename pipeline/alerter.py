@@ -39,7 +39,7 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline import kafka
-from pipeline.alerts import ALERTS_TOPIC, Alert, decode, encode
+from pipeline.alerts import ALERTS_TOPIC, WEBHOOK_DLQ, Alert, decode, encode
 from pipeline.broker import current_address
 from pipeline.config import Config
 from pipeline.daemon import Every, backoff
@@ -196,6 +196,7 @@ class Alerter:
             if self.cfg.embedded_broker and follow():
                 self._follow()
             self._retire()
+            self._dead_letter_webhook_failures()
             elapsed = report()
             if elapsed:
                 readings, dead, changes = (self.stats[k] - reported[k] for k in ("readings", "dead", "changes"))
@@ -315,6 +316,20 @@ class Alerter:
         if self.webhook:
             self.webhook.send([a for a in changes if not a.snapshot])
         return True
+
+    def _dead_letter_webhook_failures(self) -> None:
+        """Each failed delivery to `alerts.dlq` with the reason, like a writer's dead letters: the
+        pipeline page shows them. Not waited for: the log and the webhook's counts have them too."""
+        while self.webhook:
+            try:
+                alert, reason = self.webhook.failures.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self.producer.produce(WEBHOOK_DLQ, key=alert.key, value=encode(alert),
+                                      headers={"error": reason, "source": f"{ALERTS_TOPIC} ({alert.state} {alert.rule}/{alert.sensor})"})
+            except BufferError:
+                return  # the queue is full of alert changes, which come first
 
     def _produce(self, i: int, alert: Alert) -> None:
         def delivered(err, _msg):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import msgspec
 
 ALERTS_TOPIC = "alerts"
+WEBHOOK_DLQ = f"{ALERTS_TOPIC}.dlq"  # alert changes the webhook failed to deliver, with the reason
 STATES = ("pending", "firing", "resolved")
 
 

@@ -129,7 +129,7 @@ class Config(BaseSettings):
     alert_webhook_url: str = _setting(
         "", "empty, or an `http://` or `https://` URL",
         "Where each change of an alert's state is POSTed as JSON (retried with back-off, never holding up the alerter; "
-        "each failed attempt is logged, and the alerter's progress line counts deliveries, failures and changes given up). "
+        "each failed attempt is logged and published to `alerts.dlq`, which the pipeline page lists among the dead letters). "
         "Empty: no webhook.")
     run_dir: str = _setting(
         DEFAULT_RUN_DIR, "a folder path", "Folder for the embedded broker's pidfile and the default SQLite database.", min_length=1)

@@ -1,5 +1,6 @@
 """The alerts on the real page: a produced spike fires on the page within 2 s of the event time of
-the reading that fired it, marks its sensor's card and bands its chart, and resolves after it ends.
+the reading that fired it, marks its sensor's card and bands its chart, and resolves after it ends;
+the webhook's failed deliveries show among the pipeline page's dead letters.
 
 The pipeline (`run all --no-dashboard`, its alerter with a rule of `for_s` 1 s) runs as
 processes; the page is dash_duo's, with its live feed reading the `alerts` topic."""
@@ -10,7 +11,7 @@ import json
 import pytest
 
 from tests.helpers import wait_for
-from tests.test_alerts_pipeline import RULES_TOML, Spikes
+from tests.test_alerts_pipeline import RULES_TOML, Hook, Spikes
 
 # When each alert row first shows as firing: [episode, page clock ms, event time of the firing reading].
 WATCH = """
@@ -31,10 +32,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExc
 
 @pytest.fixture
 def hot_rule(stack, tmp_path):
-    """Rule `hot`: temperature above 25 °C for 1 s (hysteresis 1), for the whole stack."""
+    """Rule `hot`: temperature above 25 °C for 1 s (hysteresis 1), for the whole stack, and a
+    webhook whose server refuses every call."""
     (tmp_path / "rules.toml").write_text(RULES_TOML)
-    stack.env["ALERT_RULES"] = str(tmp_path / "rules.toml")
-    return stack
+    hook = Hook(fail=10**9)
+    stack.env.update(ALERT_RULES=str(tmp_path / "rules.toml"), ALERT_WEBHOOK_URL=hook.url)
+    yield stack
+    hook.close()
 
 
 def test_a_spike_fires_on_the_page_within_2_s_and_resolves_after_it_ends(hot_rule, dashboard):
@@ -61,6 +65,14 @@ def test_a_spike_fires_on_the_page_within_2_s_and_resolves_after_it_ends(hot_rul
         chart = json.dumps({"id": "temperature", "type": "chart"}, separators=(",", ":"))
         bands = wait_for(lambda: duo.driver.execute_script(BANDS, chart), 10, "alert bands on the temperature chart")
         assert all(b.startswith("alert|hot|lab|") for b in bands), bands
+
+        # The webhook's server refused every call: each failed attempt is a dead letter of `alerts`.
+        duo.driver.get(duo.server_url + "/pipeline")
+        # Read in the page: it re-renders every poll, so an element handle can be stale when read.
+        dead = wait_for(lambda: duo.driver.execute_script(
+            "return [...document.querySelectorAll('#dead-table tr[data-topic=\"alerts\"]')].map(r => r.textContent)"), 60,
+            "dead letters of alerts on /pipeline")
+        assert all("webhook: HTTP 503" in row for row in dead), dead
     finally:
         spikes.stopping.set()
         spikes.join(10)

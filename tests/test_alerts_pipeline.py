@@ -165,6 +165,10 @@ def test_webhook_retries_a_server_that_fails_its_first_calls():
         assert [a["state"] for a in hook.received] == ["pending", "firing"], "in order"
         assert hook.calls == 5 and webhook.status["failures"] == 3
         assert "503" in webhook.status["last_error"]
+        # Each failure waits for the alerter, which publishes it to alerts.dlq (the pipeline page's dead letters).
+        failures = [webhook.failures.get_nowait() for _ in range(webhook.failures.qsize())]
+        assert [(a.state, r.split(";")[0]) for a, r in failures] == [("pending", "webhook: HTTP 503 Service Unavailable")] * 3
+        assert [r.split("; ")[1].split(",")[0] for _, r in failures] == ["attempt 1 of 10", "attempt 2 of 10", "attempt 3 of 10"]
     finally:
         stop.set()
         hook.close()

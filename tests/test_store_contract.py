@@ -821,3 +821,32 @@ def test_questdb_frame_keeps_the_last_reading_of_a_repeated_ts_and_key():
     got = {(int(t.value // 1_000_000), r): v for t, r, v in zip(frame["ts"], frame["room"], frame["value"], strict=True)}
     assert got[(BASE + SEC, "kitchen")] == 99.0
     assert list(frame.columns) == list(TEMP.columns) and set(frame["unit"]) == {"°C"}
+
+
+# ---- alerts -----------------------------------------------------------------------------------
+
+
+def test_alerts_keep_each_change_once_and_say_what_each_alert_was_in_at_a_time(store):
+    from pipeline.alerts import Alert
+
+    rule = f"hot-{time.monotonic_ns()}"  # QuestDB is one server for the session: a table others write too
+
+    def change(sensor: str, state: str, since: int, ts: int) -> Alert:
+        return Alert(rule=rule, sensor=sensor, topic="temperature", state=state, since=since, ts=ts, seen=ts, summary=state, value=30.0)
+
+    day = 24 * 3600 * SEC
+    old = [change("lab", "pending", BASE, BASE), change("lab", "firing", BASE, BASE + 60 * SEC),  # firing for days
+           change("hall", "pending", BASE, BASE), change("hall", "firing", BASE, BASE + 60 * SEC),
+           change("hall", "resolved", BASE, BASE + 120 * SEC)]  # over long ago
+    recent = [change("lab", "resolved", BASE, BASE + 2 * day), change("attic", "pending", BASE + 2 * day, BASE + 2 * day)]
+    store.write_alerts(old + recent)
+    store.write_alerts(recent[:1])  # stored again: still one row
+    mine = lambda alerts: [a for a in alerts if a.rule == rule]
+    everything = eventually(lambda: mine(store.alerts(0)), lambda a: len(a) == 7, "all 7 changes")
+    assert sorted(everything, key=lambda a: (a.ts, a.sensor, a.state)) == sorted(old + recent, key=lambda a: (a.ts, a.sensor, a.state))
+    assert {(a.sensor, a.state) for a in mine(store.alerts(BASE + day))} == {("lab", "resolved"), ("attic", "pending")}
+    # A day after it began, lab still fires and hall is over; attic has not started.
+    at_day = {(a.sensor, a.state, a.ts) for a in mine(store.latest_alerts(BASE + day))}
+    assert at_day == {("lab", "firing", BASE + 60 * SEC), ("hall", "resolved", BASE + 120 * SEC)}
+    at_end = {(a.sensor, a.state) for a in mine(store.latest_alerts(BASE + 3 * day))}
+    assert at_end == {("lab", "resolved"), ("hall", "resolved"), ("attic", "pending")}

@@ -128,6 +128,11 @@ class Store(ABC):
         """The changes of alert state with start <= ts (< end), oldest first."""
 
     @abstractmethod
+    def latest_alerts(self, before: TimeLike) -> list[Alert]:
+        """The newest change before `before` of each (rule, sensor): what every alert was in at
+        that time (an alert firing since before a window the panel loads is still firing)."""
+
+    @abstractmethod
     def count(self, spec: Topic) -> int:
         """Number of stored rows (tests and benchmarks)."""
 

@@ -432,9 +432,15 @@ class QuestDBStore(Store):
         where, params = "ts >= %s", [_naive_utc(start)]
         if end is not None:
             where, params = where + " AND ts < %s", params + [_naive_utc(end)]
-        _, rows = self._query(f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE {where} ORDER BY ts, rule, sensor", params)
+        return self._alerts(f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE {where} ORDER BY ts, rule, sensor", params)
+
+    def latest_alerts(self, before: TimeLike) -> list[Alert]:
+        sql = f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE ts < %s LATEST ON ts PARTITION BY rule, sensor"
+        return sorted(self._alerts(sql, [_naive_utc(before)]), key=lambda a: (a.ts, a.rule, a.sensor))
+
+    def _alerts(self, sql: str, params: list) -> list[Alert]:
         found = []
-        for row in rows:
+        for row in self._query(sql, params)[1]:
             item = dict(zip(ALERT_COLUMNS, row, strict=True))
             for col in ("ts", "since", "seen"):
                 item[col] = to_ms(item[col])  # naive UTC from PG wire

@@ -454,6 +454,12 @@ class SQLiteStore(Store):
         rows = self._run(lambda c: c.execute(sql, params).fetchall())
         return [Alert(**dict(zip(ALERT_COLUMNS, row, strict=True))) for row in rows]
 
+    def latest_alerts(self, before: TimeLike) -> list[Alert]:
+        sql = (f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts a WHERE ts < ?1 AND ts = "
+               "(SELECT max(ts) FROM alerts b WHERE b.rule = a.rule AND b.sensor = a.sensor AND b.ts < ?1) ORDER BY ts, rule, sensor")
+        rows = self._run(lambda c: c.execute(sql, (to_ms(before),)).fetchall())
+        return [Alert(**dict(zip(ALERT_COLUMNS, row, strict=True))) for row in rows]
+
     def count(self, spec: Topic) -> int:
         return self._run(lambda c: c.execute(f"SELECT count(*) FROM {spec.name}").fetchone()[0])
 
