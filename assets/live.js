@@ -8,8 +8,8 @@
  * drawn at once, and however fast readings come a chart holds a few points per pixel column.
  *
  * State lives in Dash props: the charts' `figure`, the `live-state` store (which history load
- * the stream continues, its cursor, the number of the frame it drew last, how many tail points
- * each trace holds), the `latest` store (the cards), the socket's `url` (it also records when it
+ * the stream continues, its cursor, the number of the frame it drew last and when it began
+ * drawing it, how many tail points each trace holds), the `latest` store (the cards), the socket's `url` (it also records when it
  * was last opened).
  */
 (function () {
@@ -18,6 +18,8 @@
   const BUSY = 1013; // the server streams to as many pages as it may (LIVE_MAX_PAGES)
   const BUSY_RETRY_MS = 10000;
   const RELOAD_MS = 2000;
+  const MIN_PAUSE_MS = 16; // a frame drawn within one animation frame asks for the next at once
+  const MAX_PAUSE_MS = 1000;
   const ALERTS_KEEP_MS = 24 * 3600 * 1000; // the panel's "last 24 h"
   const ALERTS_KEPT = 2000;
   const noUpdate = () => window.dash_clientside.no_update;
@@ -165,6 +167,7 @@
       /* Each frame: draw it, merge the cards' values and the alert changes, pass on the status,
        * and ask for the next. */
       frame: function (message, figures, liveState, cursor, latest, health, reload, config, alertsLive, alertsHistory) {
+        const began = performance.now(); // the ack leaves the main thread free as long as this frame took
         const ctx = window.dash_clientside.callback_context;
         const chartIds = ctx.states_list[0].map((s) => s.id.id);
         const none = [figures.map(noUpdate), noUpdate(), noUpdate(), noUpdate(), noUpdate(), noUpdate()];
@@ -192,7 +195,7 @@
         const banded = withAlertBands(drawn.figures, figures, chartIds, cursor.live, config, alerts || alertsLive, alertsHistory);
         return [
           banded.map((f) => f || noUpdate()),
-          { load: cursor.load, cursor: frame.to, tails: tails, n: frame.n },
+          { load: cursor.load, cursor: frame.to, tails: tails, n: frame.n, began: began },
           merged || noUpdate(),
           healthChanged ? frame.status : noUpdate(),
           reloadOut(drawn.unknown || storeBack),
@@ -200,12 +203,21 @@
         ];
       },
 
-      /* Ask for the next frame once this one is on screen. The charts redraw while this frame's
-       * outputs are applied, before the next animation frame; a frame asked for any sooner would
-       * wait behind that redraw and carry readings that are already old when it is drawn. */
+      /* Ask for the next frame once this one is on screen, and after leaving the page's main
+       * thread free for as long as drawing it took. The charts redraw while this frame's outputs
+       * are applied, before the next animation frame; a frame asked for any sooner would wait
+       * behind that redraw and carry readings that are already old when it is drawn. The pause
+       * is what keeps a click, a range switch or a zoom answered at high rates: drawing never
+       * holds the main thread for more than half the time, and the readings that come meanwhile
+       * share the next frame (drawn at the same cost: a chart holds a few points per pixel). */
       ack: function (liveState) {
         if (!liveState || liveState.n === undefined) return noUpdate();
-        return new Promise((resolve) => requestAnimationFrame(() => resolve(liveState.n + " " + liveState.cursor)));
+        return new Promise((resolve) => requestAnimationFrame(() => {
+          const drawing = performance.now() - (liveState.began || performance.now());
+          const answer = () => resolve(liveState.n + " " + liveState.cursor);
+          if (drawing < MIN_PAUSE_MS) answer();
+          else setTimeout(answer, Math.min(drawing, MAX_PAUSE_MS));
+        }));
       },
 
       /* Each card: value, age, stale (no reading for config.staleMs: "last seen …", class

@@ -19,7 +19,9 @@ RATE x (2 x ROOMS + DEVICES). RATE is at most 1000 (`ts` is in milliseconds), so
 
 The same is measured on a page that polls a server callback with dcc.Interval every 500 ms
 (bench/polling_app.py, all four charts, raw points by extendData): the baseline to beat.
-Also printed: delivered share, the share of closed buckets drawn exactly as the store holds them
+Also printed: the input delay (how late a 50 ms timer fires on the page's main thread: how long
+a click waits), the dashboard's own consumer lag as its /pipeline page shows it (sampled every
+2 s), delivered share, the share of closed buckets drawn exactly as the store holds them
 (the last reading on the line, lowest to highest as the envelope's segment), stored/expected readings (did the writers keep up), and the CPU of the
 browser, the dashboard and the broker.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import json
 import time
 import urllib.request
 from collections import defaultdict
@@ -64,19 +67,40 @@ for (const gd of document.querySelectorAll(".js-plotly-plot")) {
   gd.on("plotly_afterplot", () => note(gd, chart));
 }
 """
-TAKE = "const out = window.__shown; window.__shown = []; return out;"
+# Input delay: how late a 50 ms timer fires on the page's main thread, i.e. how long a click waits.
+PROBE = """
+window.__late = [];
+let due = performance.now() + 50;
+setInterval(() => { const now = performance.now(); window.__late.push(Math.max(0, now - due)); due = now + 50; }, 50);
+"""
+TAKE = "const out = [window.__shown, window.__late]; window.__shown = []; window.__late = []; return out;"
 
 
-def take(driver, wait: float = 0) -> list:
-    """The hook's records so far. A page too busy to answer a script in time (the top rates)
-    keeps them for the next call; `wait` > 0 insists for that long (the last call)."""
+def take(driver, wait: float = 0) -> tuple[list, list]:
+    """The hook's records so far and the input delays (ms). A page too busy to answer a script
+    in time (the top rates) keeps them for the next call; `wait` > 0 insists for that long (the
+    last call)."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            return driver.execute_script(TAKE)
+            return tuple(driver.execute_script(TAKE))
         except TimeoutException:
             if time.monotonic() > deadline:
-                return []
+                return [], []
+
+
+def dashboard_lag(base_url: str) -> int | None:
+    """The dashboard's own consumer lag (messages), as its /pipeline page shows it: the newest
+    point of its group's line in the lag chart (the last element of the page's view)."""
+    from dash_app.pipeline_page import VIEW_PATH
+
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + VIEW_PATH, timeout=5) as answer:
+            figure = json.loads(answer.read())[-1]
+    except (OSError, ValueError):
+        return None
+    ys = [t["y"] for t in figure.get("data", []) if str(t.get("name", "")).startswith("dashboard-") and t.get("y")]
+    return ys[0][-1] if ys else None
 
 
 def parse_rate(text: str) -> tuple[float, int, int]:
@@ -163,19 +187,25 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
             wait_for(lambda: driver.execute_script(
                 "return document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length") >= len(CHARTS), 30, "traces")
             loaded = int(time.time() * 1000)
-            driver.execute_script(HOOK)
+            driver.execute_script(HOOK + PROBE)
             time.sleep(warmup)
             driver.execute_script(TAKE)
             meter = CpuMeter(lambda: processes(run_all.pid, driver, polling.pid if polling else None, servers.broker_pid))
             t0 = int(time.time() * 1000)
             records: list = []
+            delays: list = []
+            lags: list = []
             while time.time() * 1000 < t0 + duration * 1000:
                 time.sleep(2)
-                records += take(driver)
+                shown, late = take(driver)
+                records += shown
+                delays += late
                 meter.sample()
+                if page == "websocket" and (lag := dashboard_lag(url)) is not None:
+                    lags.append(lag)
             t1 = int(time.time() * 1000)
             time.sleep(3)  # readings from just before t1 still travelling
-            records += take(driver, wait=60)
+            records += take(driver, wait=60)[0]
             drawn = {key: (xs, ys) for key, xs, ys in driver.execute_script(TRACES)}
         finally:
             driver.quit()
@@ -217,6 +247,9 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
         "buckets_exact_pct": 100.0 * exact / checked if checked else None, "buckets_checked": checked,
         "stored_pct": 100.0 * sum(len(v) for k, v in stored.items() if k.startswith(("temperature ", "humidity ", "cpu "))) / expected,
         "cpu_browser": cpu["browser"], "cpu_dashboard": cpu["dashboard"], "cpu_broker": cpu["broker"],
+        "input_delay_p50_ms": percentile(delays, 50), "input_delay_p99_ms": percentile(delays, 99),
+        "input_delay_max_ms": max(delays, default=float("nan")),
+        "dashboard_lag_median": percentile(lags, 50) if lags else None, "dashboard_lag_max": max(lags, default=None),
     }
 
 
@@ -241,11 +274,13 @@ def main() -> None:
                 r = results[-1]
                 print(f"  p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, delivered {r['delivered_pct']:.1f} %", flush=True)
     headers = ["page", "readings/s", "delivered %", "p50 ms", "p95 ms", "p99 ms", "max ms", "p50 1st/last third",
-               "buckets exact %", "stored %", "CPU browser", "CPU dashboard", "CPU broker"]
+               "input delay p50/p99/max ms", "dashboard lag median/max", "buckets exact %", "stored %", "CPU browser", "CPU dashboard", "CPU broker"]
     rows = [
         [r["page"], r["readings_per_s"], r["delivered_pct"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["max_ms"],
-         f"{r['p50_first_third_ms']:.0f} / {r['p50_last_third_ms']:.0f}", r["buckets_exact_pct"], r["stored_pct"],
-         r["cpu_browser"], r["cpu_dashboard"], r["cpu_broker"]]
+         f"{r['p50_first_third_ms']:.0f} / {r['p50_last_third_ms']:.0f}",
+         f"{r['input_delay_p50_ms']:.0f} / {r['input_delay_p99_ms']:.0f} / {r['input_delay_max_ms']:.0f}",
+         "-" if r["dashboard_lag_median"] is None else f"{r['dashboard_lag_median']:,.0f} / {r['dashboard_lag_max']:,}",
+         r["buckets_exact_pct"], r["stored_pct"], r["cpu_browser"], r["cpu_dashboard"], r["cpu_broker"]]
         for r in results
     ]
     print_table(headers, rows, title="Event time -> first animation frame that draws the reading, real page of `run all`")

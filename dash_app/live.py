@@ -119,7 +119,7 @@ class LiveFeed(threading.Thread):
     the new broker's partitions by assign(), and the group takes over from the bridge's positions.
     """
 
-    FOLLOW_S = 0.5  # how often the feed looks for a renewed broker
+    FOLLOW_S = 0.5  # how often the feed notes its positions and looks for a renewed broker
     DRAIN_S = 3.0  # how long it keeps reading the broker it left
 
     def __init__(self, cfg: Config, ring: Ring, health: Health):
@@ -130,6 +130,9 @@ class LiveFeed(threading.Thread):
         self.resume_ms = int(time.time() * 1000) - START_MARGIN_MS
         self.skipped = 0  # invalid messages: the store writers dead-letter them, we just skip
         self.bridge = None  # reads a renewed broker until the feed's group there is assigned
+        # The group it reads in and its next offset per (topic, partition): this group commits
+        # nothing, so its lag (on /pipeline and in the benchmark) is measured from these.
+        self.group, self.positions = "", {}
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
@@ -146,7 +149,8 @@ class LiveFeed(threading.Thread):
         )
 
     def _subscribe(self, address: str, from_start: bool):
-        consumer = self._consumer(kafka.unique_group("dashboard"), address, "earliest" if from_start else "latest")
+        self.group, self.positions = kafka.unique_group("dashboard"), {}
+        consumer = self._consumer(self.group, address, "earliest" if from_start else "latest")
         consumer.subscribe(FEED_TOPICS, on_assign=lambda c, parts: self._on_assign(c, parts, from_start))
         log.info("live feed consuming %s from %s", ", ".join(FEED_TOPICS), address)
         return consumer
@@ -197,9 +201,10 @@ class LiveFeed(threading.Thread):
                 for old, until in [x for x in leaving if x[1] < time.monotonic()]:
                     old.close()
                     leaving.remove((old, until))
-                if self.cfg.embedded_broker and time.monotonic() - last_follow > self.FOLLOW_S:
+                if time.monotonic() - last_follow > self.FOLLOW_S:
                     last_follow = time.monotonic()
-                    renewed = current_address(self.cfg)
+                    self._note_positions(consumer)
+                    renewed = current_address(self.cfg) if self.cfg.embedded_broker else address
                     if renewed != address:
                         log.info("the embedded broker moved to %s; following it", renewed)
                         leaving.append((consumer, time.monotonic() + self.DRAIN_S))
@@ -210,6 +215,13 @@ class LiveFeed(threading.Thread):
             self._close_bridge()
             for c in [consumer, *(old for old, _ in leaving)]:
                 c.close()
+
+    def _note_positions(self, consumer) -> None:
+        """Where the feed's group is in each partition (a local call: no request to the broker)."""
+        try:
+            self.positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(consumer.assignment()) if tp.offset >= 0}
+        except KafkaException:
+            pass  # not assigned yet, or rebalancing: the last positions stand
 
     def _rows(self, messages: list) -> list[tuple[str, tuple]]:
         """The valid readings as ring rows (ts, key, numeric fields: Topic.series_columns), one

@@ -218,7 +218,8 @@ def _groups(s: dict, embedded: bool) -> html.Div:
         blocks.append(html.Div(className="group", **{"data-group": g["id"]}, children=[
             html.H3([g["id"], html.Span(f" {g['state']} · {len(g['members'])} member(s)" + (f" · {kind}" if kind else ""), className="sub")]),
             _table(["client id", "member id", "host", "partitions"], members) if members else html.P("no members", className="note"),
-            html.P(lag + (" (committed→end per partition)" if g["total_lag"] is not None else ""), className="lag"),
+            html.P(lag + {"committed": " (committed→end per partition)", "position": " (this dashboard's read position→end per partition)"}
+                   .get(g.get("lag_from"), "") if g["total_lag"] is not None else lag, className="lag"),
         ]))
     if hidden:
         blocks.append(html.P(f"{hidden} empty dashboard group(s) of stopped dashboard processes not shown.", className="note"))

@@ -107,9 +107,10 @@ def _offsets(futures: dict, known: dict[tuple[str, int], int]) -> dict[tuple[str
 
 
 class PipelinePoller(threading.Thread):
-    def __init__(self, cfg: Config, stopping: threading.Event, interval: float = POLL_S):
+    def __init__(self, cfg: Config, stopping: threading.Event, interval: float = POLL_S, feed=None):
+        """`feed`: this process's LiveFeed, whose group commits nothing: its lag is end - its position."""
         super().__init__(name="pipeline-poller", daemon=True)
-        self.cfg, self.stopping, self.interval = cfg, stopping, interval
+        self.cfg, self.stopping, self.interval, self.feed = cfg, stopping, interval, feed
         self.lock = threading.Lock()
         self.snapshot: dict[str, Any] = {"ok": None, "t": 0, "address": "", "error": "first poll pending"}
         self.version = 0
@@ -226,9 +227,15 @@ class PipelinePoller(threading.Thread):
                        "total": totals[name], "rate": rates.get(name), "dlq": name.endswith(".dlq")}
                       for name, t in sorted(topics.items())]
 
+        own, positions = (self.feed.group, self.feed.positions) if self.feed else ("", {})
         for g in groups:
-            lag = self._lag(g["id"], committed.get(g["id"], {}), ends, low)
-            g["offsets"] = [{"topic": t, "partition": p, "committed": committed.get(g["id"], {}).get((t, p)),
+            done = committed.get(g["id"], {})
+            if g["id"] == own and not done:  # this process's live feed: where it has read to
+                g["lag_from"], done = "position", positions
+                lag = {tp: max(0, end - positions[tp]) for tp, end in ends.items() if tp in positions}
+            else:
+                g["lag_from"], lag = "committed", self._lag(g["id"], done, ends, low)
+            g["offsets"] = [{"topic": t, "partition": p, "committed": done.get((t, p)),
                              "end": ends.get((t, p), 0), "lag": n} for (t, p), n in sorted((lag or {}).items())]
             g["total_lag"] = None if lag is None else sum(lag.values())
             self._note_members(now, g)

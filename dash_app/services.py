@@ -45,7 +45,7 @@ class Services:
         if not self.feed.ready.wait(FEED_START_S):
             log.warning("live feed not assigned after %.0fs (broker down?); serving history only until it is", FEED_START_S)
         threading.Thread(target=self._watch_store, name="store-health", daemon=True).start()
-        self.pipeline = PipelinePoller(self.cfg, self.stopping)
+        self.pipeline = PipelinePoller(self.cfg, self.stopping, feed=self.feed)
         self.pipeline.start()
         return self
 

@@ -103,6 +103,13 @@ def test_pipeline_page_shows_topics_groups_a_rebalance_and_dead_letters(dash_duo
         dashboards = wait_for(lambda: [m for m in duo.driver.execute_script(MEMBERS) if m["group"].startswith("dashboard-")],
                               20, "the dashboard's own group")
         assert len(dashboards) == 1 and len(dashboards[0]["partitions"]) == len(FEED_TOPICS) * partitions
+        # Its group commits nothing; its lag is measured from where its feed has read to, and charted.
+        own = dashboards[0]["group"]
+        lag = wait_for(lambda: "".join(texts(duo, f'.group[data-group="{own}"] .lag')), 20, "the dashboard's lag")
+        assert re.match(r"lag [\d,]+: ", lag) and "this dashboard's read position→end" in lag, lag
+        wait_for(lambda: own in duo.driver.execute_script(
+            "return document.getElementById('pipeline-lag').querySelector('.js-plotly-plot').data.map(t => t.name)"), 10,
+            "the dashboard's group in the lag chart")
         group = "store-writer.temperature"
         wait_for(lambda: split_covers_all(members(duo, group), 1, partitions), 20, "one writer owning every partition")
         (first,) = members(duo, group)
