@@ -6,8 +6,9 @@ QuestDB write at its request), and getting it back from a thread busy decoding t
 takes a switch interval each time, so a batch's write grew from milliseconds to seconds
 (docs/performance.md). A second process has a GIL of its own. For the same reason the writer
 talks to it over a socket from its own thread, not through `concurrent.futures`, whose helper thread would
-wait for the GIL at every hand-over: a batch's columns go across pickled, and the answer comes
-back as None or the error.
+wait for the GIL at every hand-over: a batch goes across pickled as the store prepared it in the
+writer (`Store.prepare`: QuestDB's ILP frame, SQLite's columns), and the answer comes back as
+None or the error.
 
 One write at a time, in order, so a later batch's reading of a (ts, key) still wins. The writer
 commits a batch's offsets only once its write has succeeded; a store error comes back as the
@@ -31,7 +32,7 @@ from typing import Protocol, Self
 from pipeline.config import Config
 from pipeline.daemon import dies_with_us, setup_logging, watch_parent
 from pipeline.schema import TOPICS, Batch, Topic
-from pipeline.store import Store, StoreUnavailable, open_store
+from pipeline.store import Store, StoreUnavailable, open_store, store_type
 
 log = logging.getLogger("write-behind")
 
@@ -85,7 +86,7 @@ class InProcess:
 
     def submit(self, spec: Topic, batch: Batch, received_at_ms: int) -> Finished:
         try:
-            self.store.write(spec, batch, received_at_ms)
+            self.store.write_prepared(spec, self.store.prepare(spec, batch, received_at_ms), received_at_ms)
         except StoreUnavailable as exc:
             return Finished(exc)
         return Finished()
@@ -96,6 +97,7 @@ class WriteBehind:
 
     def __init__(self, cfg: Config):
         self.urls = (cfg.store_url, cfg.questdb_pg_url)  # what the write process opens: open_store(*urls)
+        self.prepare = store_type(cfg.store_url).prepare  # here, beside the write in flight
         self.log_level = cfg.log_level
         self.process: subprocess.Popen | None = None
         self.conn: Connection | None = None
@@ -105,7 +107,7 @@ class WriteBehind:
         self._call("ensure_tables").result()
 
     def submit(self, spec: Topic, batch: Batch, received_at_ms: int) -> Write:
-        return self._call("write", spec.name, batch.columns, received_at_ms)
+        return self._call("write", spec.name, self.prepare(spec, batch, received_at_ms), received_at_ms)
 
     def _call(self, *request) -> Write:
         if self.pending is not None and not self.pending.done():
@@ -215,9 +217,8 @@ def _handle(store, request: tuple) -> Exception | None:
         if request[0] == "ensure_tables":
             store.ensure_tables()
         else:
-            _, topic, columns, received_at_ms = request
-            spec = TOPICS[topic]
-            store.write(spec, Batch(spec, columns), received_at_ms)
+            _, topic, prepared, received_at_ms = request
+            store.write_prepared(TOPICS[topic], prepared, received_at_ms)
         return None
     except StoreUnavailable as exc:
         return exc

@@ -6,7 +6,18 @@ from urllib.parse import urlparse
 
 from pipeline.store.base import Store, StoreUnavailable, to_ms
 
-__all__ = ["Store", "StoreUnavailable", "open_store", "to_ms"]
+__all__ = ["Store", "StoreUnavailable", "open_store", "store_type", "to_ms"]
+
+
+def store_type(url: str) -> type[Store]:
+    """The Store class of a STORE_URL (checked by open_store): what a writer prepares batches with."""
+    if url.startswith(("http::", "https::")) or urlparse(url).scheme == "questdb":
+        from pipeline.store.questdb import QuestDBStore
+
+        return QuestDBStore
+    from pipeline.store.sqlite import SQLiteStore
+
+    return SQLiteStore
 
 
 def open_store(url: str, pg_url: str = "") -> Store:

@@ -14,7 +14,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pipeline.alerts import Alert
 from pipeline.schema import Batch, Reading, Topic
@@ -117,6 +117,18 @@ class Store(ABC):
         reading as `<field>_min` and `<field>_max` (`envelope_columns`). An empty range has the
         raw columns.
         """
+
+    # A store writer writes in a process of its own (pipeline.write_behind). What can be done
+    # without the store is done in the writer, beside the write in flight: `prepare` there, then
+    # `write_prepared` in the write process, which is `write` of what `prepare` made.
+    @staticmethod
+    def prepare(spec: Topic, batch: Batch, received_at_ms: int) -> Any:
+        """What the write process is handed for a batch (picklable): here its columns."""
+        return batch.columns
+
+    def write_prepared(self, spec: Topic, prepared: Any, received_at_ms: int) -> None:
+        """`write` of a batch `prepare` made into `prepared`."""
+        self.write(spec, Batch(spec, prepared), received_at_ms)
 
     @abstractmethod
     def write_alerts(self, alerts: Sequence[Alert]) -> None:

@@ -310,19 +310,20 @@ class QuestDBStore(Store):
         self._checked[spec.name] = row[0]
         return row[0]
 
-    def _check_held(self, spec: Topic, table_id: int, batch: Batch, received_at_ms: int) -> None:
-        """Steps 2 and 3: StoreUnavailable unless the batch just flushed is in our table."""
+    def _check_held(self, spec: Topic, table_id: int, frame: pd.DataFrame, received_at_ms: int) -> None:
+        """Steps 2 and 3: StoreUnavailable unless the frame just flushed is in our table."""
         row = self._table_row(spec.name)
         problem = self._shape_problem(row)
         if problem or row[0] != table_id:
             self._drop_sender()
             why = problem or f"it was replaced (id {table_id} -> {row[0]})"
-            raise StoreUnavailable(f"QuestDB table {spec.name} changed under the write ({why}): {len(batch)} rows not held, "
+            raise StoreUnavailable(f"QuestDB table {spec.name} changed under the write ({why}): {len(frame)} rows not held, "
                                    "written again into a table with the right schema")
         if self._trusted.get(spec.name) == table_id:
             return
-        # The batch's last reading is always sent (within a batch the last of a (ts, key) wins).
-        params = [_naive_utc(int(batch.columns["ts"][-1])), str(batch.columns[spec.key][-1])]
+        # The batch's last reading is always sent (within a batch the last of a (ts, key) wins),
+        # as the frame's last row.
+        params = [frame["ts"].iloc[-1].to_pydatetime(), str(frame[spec.key].iloc[-1])]
         received = _naive_utc(received_at_ms)
         sql = f"SELECT received_at FROM {spec.name} WHERE ts = %s AND {spec.key} = %s"
         deadline = time.monotonic() + HELD_TIMEOUT_S
@@ -330,7 +331,7 @@ class QuestDBStore(Store):
             if time.monotonic() >= deadline:
                 self._drop_sender()
                 raise StoreUnavailable(
-                    f"QuestDB acknowledged {len(batch)} {spec.name} rows that did not show within {HELD_TIMEOUT_S:.0f} s "
+                    f"QuestDB acknowledged {len(frame)} {spec.name} rows that did not show within {HELD_TIMEOUT_S:.0f} s "
                     "(is the table suspended? see wal_tables()): written again")
             time.sleep(0.02)
         self._trusted[spec.name] = table_id
@@ -361,17 +362,26 @@ class QuestDBStore(Store):
 
     def write(self, spec: Topic, readings: Batch | Sequence[Reading], received_at_ms: int) -> None:
         batch = as_batch(spec, readings)
-        n = len(batch)
-        if not n:
+        if len(batch):
+            self.write_prepared(spec, ilp_frame(spec, batch, received_at_ms), received_at_ms)
+
+    @staticmethod
+    def prepare(spec: Topic, batch: Batch, received_at_ms: int) -> pd.DataFrame | None:
+        """The batch's ILP frame, built in the writer: the write process then only sends it
+        (building it there took about as long as sending it: docs/performance.md)."""
+        return ilp_frame(spec, batch, received_at_ms) if len(batch) else None
+
+    def write_prepared(self, spec: Topic, frame: pd.DataFrame | None, received_at_ms: int) -> None:
+        """Send an ilp_frame() and make sure the table holds it (the checks above)."""
+        if frame is None or not len(frame):
             return
-        frame = ilp_frame(spec, batch, received_at_ms)
         with self._write_lock:
             try:
                 table_id = self._table_for_write(spec)  # ours, by id: created in SQL, never by ILP
                 sender = self._open_sender()
                 sender.dataframe(frame, table_name=spec.name, symbols=[spec.key, *spec.text], at="ts")
                 sender.flush()  # HTTP: returns once QuestDB has committed the rows to the WAL
-                self._check_held(spec, table_id, batch, received_at_ms)
+                self._check_held(spec, table_id, frame, received_at_ms)
             except QuestDBError as exc:
                 self._forget_table(spec)
                 raise StoreUnavailable(
