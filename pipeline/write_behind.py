@@ -86,7 +86,7 @@ class InProcess:
 
     def submit(self, spec: Topic, batch: Batch, received_at_ms: int) -> Finished:
         try:
-            self.store.write_prepared(spec, self.store.prepare(spec, batch, received_at_ms), received_at_ms)
+            self.store.write(spec, batch, received_at_ms)
         except StoreUnavailable as exc:
             return Finished(exc)
         return Finished()

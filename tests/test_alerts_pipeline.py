@@ -140,8 +140,10 @@ def test_alerter_killed_while_firing_and_broker_renewed_loses_and_repeats_nothin
         delivered = [(a["since"], a["state"]) for a in hook.received if a["rule"] == "hot"]
         assert len(delivered) == len(set(delivered)), "a change was repeated"
         assert set(delivered) <= want
+        # The last alerter restarted may still be reading the changelog.
+        wait_for(lambda: stack.log("all").count("state rebuilt") >= 3, 60, "the third alerter's state rebuilt")
         log = stack.log("all")
-        assert kills == 2 and log.count("state rebuilt") >= 3
+        assert kills == 2
         assert "Traceback" not in log, log[-3000:]
     finally:
         spikes.stopping.set()
