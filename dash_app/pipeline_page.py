@@ -43,6 +43,10 @@ LESSONS = {
             "in source, commits, and carries on. The alerter does the same with each change of an alert its "
             "webhook failed to deliver: to alerts.dlq, with the server's answer.",
 }
+LAG_FROM = {  # what a group's lag is counted from (pipeline_poller)
+    "committed": " (committed→end per partition)",
+    "position": " (this dashboard's read position→end per partition)",
+}
 EMBEDDED = {
     "broker": "This is the embedded broker (Tansu, started by `python -m pipeline.run all`): one broker, memory "
               "only, no replication, so every partition's leader, replicas and in-sync replicas are that one node. "
@@ -214,12 +218,11 @@ def _groups(s: dict, embedded: bool) -> html.Div:
             lag = "commits no offsets (its position lives in its own process), so Kafka knows no lag for it"
         else:
             lag = f"lag {g['total_lag']:,}: " + ", ".join(
-                f"{o['topic']}/{o['partition']} {_count(o['committed'])}→{o['end']:,}" for o in g["offsets"])
+                f"{o['topic']}/{o['partition']} {_count(o['committed'])}→{o['end']:,}" for o in g["offsets"]) + LAG_FROM[g["lag_from"]]
         blocks.append(html.Div(className="group", **{"data-group": g["id"]}, children=[
             html.H3([g["id"], html.Span(f" {g['state']} · {len(g['members'])} member(s)" + (f" · {kind}" if kind else ""), className="sub")]),
             _table(["client id", "member id", "host", "partitions"], members) if members else html.P("no members", className="note"),
-            html.P(lag + {"committed": " (committed→end per partition)", "position": " (this dashboard's read position→end per partition)"}
-                   .get(g.get("lag_from"), "") if g["total_lag"] is not None else lag, className="lag"),
+            html.P(lag, className="lag"),
         ]))
     if hidden:
         blocks.append(html.P(f"{hidden} empty dashboard group(s) of stopped dashboard processes not shown.", className="note"))

@@ -108,7 +108,8 @@ _ticker: threading.Thread | None = None  # one thread serves every ErrorSummary
 
 def _start_ticker() -> None:
     """Start the ticker unless it runs; called under _lock. A new thread each time it is
-    needed, because a forked child inherits a stopped copy of the parent's."""
+    needed: a thread can end under us (dash_duo ends its server's threads, any started from
+    them included, with SystemExit), and a forked child inherits a stopped copy."""
     global _ticker
     if _ticker is None or not _ticker.is_alive():
         _ticker = threading.Thread(target=_tick_all, name="kafka-errors", daemon=True)
