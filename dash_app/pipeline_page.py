@@ -129,8 +129,8 @@ def _render(s: dict) -> tuple:
     if s["ok"]:
         updated = f"updated {_clock(s['t'])} · poll {s.get('poll_ms', 0)} ms · poller CPU {s.get('cpu_ms', 0)} ms"
     else:
-        since = s.get("stale_since")
-        updated = f"broker unreachable: figures below are from {_clock(since)}" if since else "broker unreachable"
+        since, what = s.get("stale_since"), "poller restarting" if s.get("poller_down") else "broker unreachable"
+        updated = f"{what}: figures below are from {_clock(since)}" if since else what
     return (
         html.Span(updated, className="" if s["ok"] else "notice"),
         _broker(s, embedded),
@@ -154,6 +154,8 @@ def _table(header: list[str], rows: list, **attrs) -> html.Table:
 def _broker(s: dict, embedded: bool) -> html.Div:
     if s["ok"]:
         state = html.Span("reachable", className="badge badge-live", id="broker-state")
+    elif s.get("poller_down"):
+        state = html.Span("not polled", className="badge", id="broker-state")
     else:
         state = html.Span("unreachable", className="badge badge-down", id="broker-state")
     facts = [

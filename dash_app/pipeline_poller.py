@@ -1,7 +1,10 @@
-"""One poller per dashboard process: what Kafka's admin API says about the pipeline, once a second.
+"""One poller per dashboard: what Kafka's admin API says about the pipeline, once a second.
 
-Started by Services.start (never at import, never per viewer); the /pipeline page only renders
-its latest snapshot. Each poll reads the broker's current address first (`run all` may have
+It runs in a process of its own, started and restarted by dash_app/poller_process.py (never at
+import, never per viewer); the /pipeline page only renders its latest snapshot. Its own process
+because librdkafka (2.16.0) can abort a process whose admin requests are out when a broker dies
+(`rd_kafka_enq_once_del_source_return: Assertion 'eonce->refcnt > 0'`, librdkafka #4605 and
+#3663, open): it then takes only the poller, not the page serving the live charts. Each poll reads the broker's current address first (`run all` may have
 renewed the embedded broker onto another port) and asks, in this order:
 
 - metadata (`list_topics`): brokers, topics, each partition's leader, replicas and in-sync
@@ -13,7 +16,7 @@ renewed the embedded broker onto another port) and asks, in this order:
 - `list_consumer_groups`: the group ids. Embedded: only groups that have committed offsets
   (a dashboard's group commits none, so it is left out even while it has members) and every
   state UNKNOWN; the poller adds this process's own dashboard group by id
-  (`kafka.created_groups`), and the state shown comes from the describe below.
+  (its `kafka.created_groups`, which the dashboard reports with its feed's positions), and the state shown comes from the describe below.
 - members: on Apache Kafka `describe_consumer_groups` (state, members with client id, host and
   assigned partitions). Embedded: that call answers STABLE with no members, so the classic
   DescribeGroups request is sent directly (dash_app/group_wire.py); it lists members by member id
@@ -36,9 +39,9 @@ renewed the embedded broker onto another port) and asks, in this order:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
@@ -47,9 +50,10 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from dash_app import group_wire
 from dash_app.live import FEED_TOPICS
 from dash_app.replication_watch import ReplicationWatch
-from pipeline import alerter, kafka
+from pipeline import alerter
 from pipeline.broker import current_address, read_address
 from pipeline.config import Config
+from pipeline.daemon import die_with_parent, setup_logging
 from pipeline.schema import TOPICS
 
 log = logging.getLogger("dash_app.pipeline")
@@ -106,14 +110,46 @@ def _offsets(futures: dict, known: dict[tuple[str, int], int]) -> dict[tuple[str
     return out
 
 
-class PipelinePoller(threading.Thread):
-    def __init__(self, cfg: Config, stopping: threading.Event, interval: float = POLL_S, feed=None):
-        """`feed`: this process's LiveFeed, whose group commits nothing: its lag is end - its position."""
-        super().__init__(name="pipeline-poller", daemon=True)
-        self.cfg, self.stopping, self.interval, self.feed = cfg, stopping, interval, feed
-        self.lock = threading.Lock()
+@dataclass
+class FeedNote:
+    """What the dashboard's live feed last reported to the poller process."""
+
+    group: str = ""
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)  # dashboard groups its process created
+
+
+def serve(cfg: Config, conn, seed: dict) -> None:
+    """The poller process: polls every `POLL_S`, sends each snapshot up `conn`, takes FeedNotes
+    from it, and ends when the dashboard closes its end (or dies: the kernel ends it then)."""
+    die_with_parent()
+    setup_logging(cfg.log_level)
+    poller = Poller(cfg, conn.send)
+    poller.restore(seed)
+    try:
+        while True:
+            started = time.monotonic()
+            poller.step()
+            while conn.poll(max(0.05, poller.interval - (time.monotonic() - started))):
+                poller.feed = conn.recv()
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        poller._close_clients()
+
+
+class Poller:
+    """The polls and what they remember (lag history, events, dead letters, replication).
+
+    Runs in a process of its own (`serve`, started by dash_app/poller_process.py): every snapshot
+    goes to `publish`. `feed` carries the dashboard's live feed as last reported: its group (which
+    commits nothing: its lag is end - its position), its positions and the dashboard groups its
+    process created."""
+
+    def __init__(self, cfg: Config, publish, feed: FeedNote | None = None, interval: float = POLL_S):
+        self.cfg, self.publish, self.interval = cfg, publish, interval
+        self.feed = feed or FeedNote()
         self.snapshot: dict[str, Any] = {"ok": None, "t": 0, "address": "", "error": "first poll pending"}
-        self.version = 0
         self.address: str | None = None
         self.admin: AdminClient | None = None
         self.probe: Consumer | None = None
@@ -129,25 +165,30 @@ class PipelinePoller(threading.Thread):
         self.end_samples: deque = deque()  # (monotonic, {topic: total})
         self.members_seen: dict[str, tuple] = {}
 
-    # -- thread ------------------------------------------------------------------------------
+    def restore(self, snapshot: dict) -> None:
+        """Carry on from a snapshot of the poller process before this one (which died): its
+        timeline, lag history, dead letters and the ends it had read, so that nothing is shown twice
+        and the next poll's changes (a leader moved meanwhile) are still events."""
+        if not snapshot.get("partitions"):
+            return
+        self.snapshot = snapshot
+        self.events = deque(snapshot["events"])
+        self.lag_history = {g: deque(h) for g, h in snapshot["lag_history"].items()}
+        self.dead = {t: deque(letters, maxlen=DEAD_KEEP) for t, letters in snapshot["dead"].items()}
+        self.ends = {(p["topic"], p["partition"]): p["high"] for p in snapshot["partitions"]}
+        self.replication.restore(snapshot["replication"], snapshot["partitions"])
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            started, cpu = time.monotonic(), time.thread_time()
-            try:
-                snap = self.poll()
-            except Exception as exc:  # noqa: BLE001 - the page shows any failure; the thread keeps polling
-                snap = self._failed(exc)
-            snap["poll_ms"] = round((time.monotonic() - started) * 1000)
-            snap["cpu_ms"] = round((time.thread_time() - cpu) * 1000, 1)
-            with self.lock:
-                self.snapshot, self.version = snap, self.version + 1
-            self.stopping.wait(max(0.05, self.interval - (time.monotonic() - started)))
-        self._close_clients()
-
-    def latest(self) -> tuple[int, dict]:
-        with self.lock:
-            return self.version, self.snapshot
+    def step(self) -> None:
+        """One poll, published; a failure is published as the page shows it."""
+        started, cpu = time.monotonic(), time.process_time()
+        try:
+            snap = self.poll()
+        except Exception as exc:  # noqa: BLE001 - the page shows any failure; the poller keeps polling
+            snap = self._failed(exc)
+        snap["poll_ms"] = round((time.monotonic() - started) * 1000)
+        snap["cpu_ms"] = round((time.process_time() - cpu) * 1000, 1)
+        self.snapshot = snap
+        self.publish(snap)
 
     def _failed(self, exc: Exception) -> dict:
         prev = self.snapshot
@@ -198,7 +239,7 @@ class PipelinePoller(threading.Thread):
         latest = admin.list_offsets({tp: OffsetSpec.latest() for tp in parts}, request_timeout=TIMEOUT_S) if parts else {}
         earliest = admin.list_offsets({tp: OffsetSpec.earliest() for tp in parts}, request_timeout=TIMEOUT_S) if parts else {}
         listed_ids = {g.group_id for g in listed.result().valid}
-        group_ids = sorted(listed_ids | {g for g in kafka.created_groups if g.startswith(DASHBOARD_PREFIX)})
+        group_ids = sorted(listed_ids | set(self.feed.groups))
         groups = self._groups(group_ids, {n: len(t.partitions) for n, t in topics.items()})
         # Committed offsets before end offsets: a commit can then never pass the end it is compared with.
         committed = self._committed(group_ids)
@@ -227,7 +268,7 @@ class PipelinePoller(threading.Thread):
                        "total": totals[name], "rate": rates.get(name), "dlq": name.endswith(".dlq")}
                       for name, t in sorted(topics.items())]
 
-        own, positions = (self.feed.group, self.feed.positions) if self.feed else ("", {})
+        own, positions = self.feed.group, self.feed.positions
         for g in groups:
             done = committed.get(g["id"], {})
             if g["id"] == own and not done:  # this process's live feed: where it has read to
@@ -261,12 +302,11 @@ class PipelinePoller(threading.Thread):
         rows = [{"topic": name, "partition": p, "leader": pm.leader, "replicas": list(pm.replicas), "isr": list(pm.isrs)}
                 for name, t in sorted(md.topics.items()) if not name.startswith("__") for p, pm in sorted(t.partitions.items())]
         replication = self.replication.observe(now, {b.id: f"{b.host}:{b.port}" for b in md.brokers.values()}, rows, md.controller_id)
-        with self.lock:
-            if self.snapshot.get("ok"):
-                fresh = {(r["topic"], r["partition"]): r for r in rows}
-                partitions = [{**p, **fresh.get((p["topic"], p["partition"]), {})} for p in self.snapshot["partitions"]]
-                self.snapshot = {**self.snapshot, "partitions": partitions, "replication": replication}
-                self.version += 1
+        if self.snapshot.get("ok"):
+            fresh = {(r["topic"], r["partition"]): r for r in rows}
+            partitions = [{**p, **fresh.get((p["topic"], p["partition"]), {})} for p in self.snapshot["partitions"]]
+            self.snapshot = {**self.snapshot, "partitions": partitions, "replication": replication}
+            self.publish(self.snapshot)
         return replication
 
     def _groups(self, group_ids: list[str], partition_counts: dict[str, int]) -> list[dict]:

@@ -37,11 +37,22 @@ class ReplicationWatch:
         self.addresses.clear()
         self.before = None
 
+    def restore(self, view: dict, partitions: list[dict]) -> None:
+        """Carry on from `view` (what observe returned last) and that poll's partition rows."""
+        self.events = deque(view["events"])
+        self.addresses = {b["id"]: b["address"] for b in view["brokers"]}
+        up = {b["id"] for b in view["brokers"] if b["up"]}
+        self.before = (up, self._state(partitions))
+
+    @staticmethod
+    def _state(partitions: list[dict]) -> dict:
+        return {(p["topic"], p["partition"]): (p["leader"], frozenset(p["isr"]), len(p["replicas"])) for p in partitions}
+
     def observe(self, now_ms: int, up: dict[int, str], partitions: list[dict], controller: int | None) -> dict:
         """`up`: registered broker id -> address; `partitions`: the poller's rows (topic,
         partition, leader, replicas, isr). Records the events since the last call."""
         self.addresses.update(up)
-        state = {(p["topic"], p["partition"]): (p["leader"], frozenset(p["isr"]), len(p["replicas"])) for p in partitions}
+        state = self._state(partitions)
         for p in partitions:
             for node in p["replicas"]:
                 self.addresses.setdefault(node, "")

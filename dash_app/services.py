@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 
 from dash_app.live import Health, LiveFeed, Pages, Ring
-from dash_app.pipeline_poller import PipelinePoller
+from dash_app.poller_process import PipelinePoller
 from pipeline.config import Config
 from pipeline.store import Store, StoreUnavailable, open_store
 

@@ -34,6 +34,19 @@ def test_a_broker_lost_and_back_is_told_in_the_lessons_words():
     assert "every partition fully in sync" in new[0][2] and back["under_replicated"] == 0
 
 
+def test_a_watch_carrying_on_from_a_dead_pollers_view_still_tells_what_changed():
+    """The poller runs in a process of its own and may die as a broker dies: the next one carries
+    on from the last view, so the leader that moved meanwhile is still an event."""
+    rows = parts({0: 1, 1: 2}, [1, 2, 3])
+    view = ReplicationWatch(history_s=900).observe(1000, UP, rows, controller=1)
+    view["events"] = [(500, "broker-up", "broker 3 joined the cluster")]
+    watch = ReplicationWatch(history_s=900)
+    watch.restore(view, rows)
+    after = watch.observe(2000, {1: UP[1], 3: UP[3]}, parts({0: 1, 1: 3}, [1, 3]), controller=1)
+    assert [kind for _, kind, _ in after["events"]] == ["broker-up", "broker-down", "leader", "isr-shrink"]
+    assert [b["up"] for b in after["brokers"]] == [True, False, True]
+
+
 def test_no_leader_left_is_offline():
     watch = ReplicationWatch(history_s=900)
     watch.observe(1000, UP, parts({0: 2}, [2]), controller=1)

@@ -1,0 +1,81 @@
+"""The dashboard's side of the /pipeline poller: starts it in a process of its own, keeps its
+latest snapshot for the page, tells it where the live feed has read to, and starts it again if
+it dies (dash_app/pipeline_poller.py says why it runs apart)."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+from dash_app import pipeline_poller
+from pipeline import kafka
+from pipeline.config import Config
+
+log = logging.getLogger("dash_app.pipeline")
+NOTE_S = 0.5  # how often the feed's positions are passed on (the poller reads them once a poll)
+RESTART_S = 1.0  # pause before starting a poller process that died
+
+
+class PipelinePoller(threading.Thread):
+    def __init__(self, cfg: Config, stopping: threading.Event, feed=None):
+        """`feed`: this process's LiveFeed (its group and positions are passed on)."""
+        super().__init__(name="pipeline-poller", daemon=True)
+        self.cfg, self.stopping, self.feed = cfg, stopping, feed
+        self.lock = threading.Lock()
+        self.snapshot: dict[str, Any] = {"ok": None, "t": 0, "address": "", "error": "first poll pending"}
+        self.version = 0
+        self.restarts = 0
+        self.pid: int | None = None  # the poller process's
+
+    def latest(self) -> tuple[int, dict]:
+        with self.lock:
+            return self.version, self.snapshot
+
+    def _take(self, snapshot: dict) -> None:
+        with self.lock:
+            self.snapshot, self.version = snapshot, self.version + 1
+
+    def run(self) -> None:
+        # spawn, not fork: a fork would copy this process's librdkafka threads' locks mid-use.
+        context = multiprocessing.get_context("spawn")
+        seed: dict = {}  # the last snapshot of the process before, which the next one carries on from
+        while not self.stopping.is_set():
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=pipeline_poller.serve, args=(self.cfg, theirs, seed),
+                                   name="pipeline-poller", daemon=True)
+            proc.start()
+            self.pid = proc.pid
+            theirs.close()
+            try:
+                self._follow(ours)
+            except (EOFError, OSError):
+                pass  # it died: its end of the pipe closed
+            finally:
+                ours.close()
+                proc.join(2)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+            if self.stopping.is_set():
+                return
+            self.restarts += 1
+            seed = self.latest()[1]
+            log.warning("pipeline poller process ended with code %s; starting another (the page keeps its last snapshot)",
+                        proc.exitcode)
+            self._take({**self.snapshot, "ok": False, "poller_down": True, "t": int(time.time() * 1000),
+                        "error": f"poller process ended with code {proc.exitcode}: restarting",
+                        "stale_since": self.snapshot.get("stale_since") or self.snapshot.get("t")})
+            self.stopping.wait(RESTART_S)
+
+    def _follow(self, conn) -> None:
+        """Take its snapshots and send it the feed's positions, until it dies or we stop."""
+        noted = 0.0
+        while not self.stopping.is_set():
+            if conn.poll(NOTE_S / 2):
+                self._take(conn.recv())
+            if self.feed is not None and time.monotonic() - noted >= NOTE_S:
+                noted = time.monotonic()
+                conn.send(pipeline_poller.FeedNote(self.feed.group, dict(self.feed.positions),
+                                                   [g for g in kafka.created_groups if g.startswith(pipeline_poller.DASHBOARD_PREFIX)]))
