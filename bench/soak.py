@@ -33,7 +33,7 @@ from selenium.common.exceptions import WebDriverException
 
 from bench.common import print_table, temporary_stack, write_result
 from bench.lag import slope
-from tests.helpers import browser, wait_for
+from tests.helpers import browser, producer_totals, wait_for
 
 KINDS = ("broker", "producer", "writer", "dashboard", "chromium")
 PUMP_QUEUED = 1000  # most ballast batches the pump has waiting for the broker
@@ -256,7 +256,7 @@ def main() -> None:
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(180)
         log = stack.log("all")
-        sent = sum(int(n) for n in re.findall(r"stopped after (\d+) readings", log))
+        sent = sum(n for n, _failed, _left in producer_totals(log).values())
         stored, gap = 0, 0.0
         with open_store(stack.store_url) as store:
             for spec in TOPICS.values():

@@ -257,10 +257,14 @@ class KafkaNode(JavaServer):
             f"offsets.topic.replication.factor={replicas}",
             f"transaction.state.log.replication.factor={replicas}",
             f"transaction.state.log.min.isr={isr}",
-            # A broker that stops heartbeating is fenced after this long and the partitions it led
-            # get new leaders: 3 s instead of Kafka's 9 s, so that a killed broker's readings stall
-            # for seconds, not ten (docker-compose.yml's cluster sets the same).
-            *(["broker.session.timeout.ms=3000", "broker.heartbeat.interval.ms=500"] if len(voters) > 1 else []),
+            # A broker that stops heartbeating is fenced after this long: the partitions it led get
+            # new leaders and it leaves every in-sync set. Until then every write waits for it
+            # (acks=all, and it is in every in-sync set) and so does every group whose coordinator
+            # it was: 2 s instead of Kafka's 9 s. A dead active controller is replaced after the
+            # quorum's fetch and election timeouts (Kafka's 2 s and 1 s) before the new one can
+            # fence anything. docker-compose.yml's cluster sets the same.
+            *(["broker.session.timeout.ms=2000", "broker.heartbeat.interval.ms=500",
+               "controller.quorum.fetch.timeout.ms=1000", "controller.quorum.election.timeout.ms=500"] if len(voters) > 1 else []),
             "",
         ]))
         (self.folder / "log4j2.properties").write_text(LOG4J2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,6 +59,12 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1, ignore
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def producer_totals(log: str) -> dict[str, tuple[int, int, int]]:
+    """What each producer said as it stopped, by topic: (sent, failed, undelivered) readings."""
+    return {topic: (int(n), int(failed), int(left)) for topic, n, failed, left in
+            re.findall(r"producer\.(\w+) +stopped after (\d+) readings; (\d+) failed, (\d+) undelivered", log)}
 
 
 def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> int:

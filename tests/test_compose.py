@@ -130,5 +130,6 @@ def test_cluster_profile_runs_what_pipeline_servers_runs(services, tmp_path):
     env = env_of(services["kafka-1"])
     for key in ("default.replication.factor", "min.insync.replicas", "offsets.topic.replication.factor",
                 "transaction.state.log.replication.factor", "transaction.state.log.min.isr", "broker.session.timeout.ms",
-                "broker.heartbeat.interval.ms", "auto.create.topics.enable", "group.initial.rebalance.delay.ms"):
+                "broker.heartbeat.interval.ms", "controller.quorum.fetch.timeout.ms", "controller.quorum.election.timeout.ms",
+                "auto.create.topics.enable", "group.initial.rebalance.delay.ms"):
         assert env["KAFKA_" + key.upper().replace(".", "_")] == props[key], key

@@ -15,13 +15,13 @@ import psutil
 import pytest
 
 from pipeline.schema import TOPICS
-from tests.helpers import on_each_backend, stop_process, wait_for
+from tests.helpers import on_each_backend, producer_totals, stop_process, wait_for
 
 RATE = 5.0
 
 
 def sent_by_producers(log: str) -> int:
-    counts = [int(n) for n in re.findall(r"stopped after (\d+) readings; \d+ failed, 0 undelivered", log)]
+    counts = [n for n, _failed, left in producer_totals(log).values() if left == 0]
     assert len(counts) == len(TOPICS), f"not every producer reported a clean stop:\n{log[-3000:]}"
     return sum(counts)
 

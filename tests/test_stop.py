@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
 import subprocess
 import time
@@ -23,7 +22,7 @@ import pytest
 from pipeline.schema import TOPICS
 from pipeline.store import open_store
 from pipeline.supervisor import STOP_BUDGET_S
-from tests.helpers import Stack, stop_process, wait_for
+from tests.helpers import Stack, producer_totals, stop_process, wait_for
 
 SEED = int(os.environ.get("STOP_CHAOS_SEED") or time.time_ns() % 2**32)
 RATE = "200"
@@ -62,9 +61,9 @@ def sent_per_topic(log: str, what: str) -> dict[str, int]:
     """What each producer says it sent, from its last line; a producer that never got as far as
     sending (stopped while it started) says nothing and sent nothing."""
     sent = dict.fromkeys(TOPICS, 0)
-    for topic, n, failed, left in re.findall(r"producer\.(\w+) +stopped after (\d+) readings; (\d+) failed, (\d+) undelivered", log):
-        assert failed == left == "0", f"seed {SEED}, {what}: producer {topic}: {failed} failed, {left} undelivered:\n{log[-6000:]}"
-        sent[topic] = int(n)
+    for topic, (n, failed, left) in producer_totals(log).items():
+        assert failed == left == 0, f"seed {SEED}, {what}: producer {topic}: {failed} failed, {left} undelivered:\n{log[-6000:]}"
+        sent[topic] = n
     return sent
 
 
@@ -221,7 +220,7 @@ def test_a_lone_daemon_stops_on_ctrl_c_at_any_moment_and_dies_when_killed(stack,
             if i < 6:
                 stop_in_order(stack, proc, marker, name, what)
                 if command == "producer" and "sending" in stack.log(name):
-                    assert re.search(r"stopped after \d+ readings; 0 failed, 0 undelivered", stack.log(name)), stack.log(name)[-2000:]
+                    assert [t[1:] for t in producer_totals(stack.log(name)).values()] == [(0, 0)], stack.log(name)[-2000:]
             else:
                 killed_leaves_nothing(proc, marker, what)
         finally:
