@@ -48,7 +48,6 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaExcepti
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dash_app import group_wire
-from dash_app.live import FEED_TOPICS
 from dash_app.replication_watch import ReplicationWatch
 from pipeline import alerter
 from pipeline.broker import current_address, read_address
@@ -68,12 +67,14 @@ WRITER_PREFIX = "store-writer."
 DASHBOARD_PREFIX = "dashboard-"
 
 
-def group_topics(group_id: str) -> list[str] | None:
-    """The topics a group of this product subscribes to (None: not one of ours)."""
+def group_topics(group_id: str, feed_topics: list[str]) -> list[str] | None:
+    """The topics a group of this product subscribes to (None: not one of ours); a dashboard's
+    are `feed_topics` (dash_app/live.py's, passed on by the dashboard: importing that module
+    would make a new poller process seconds slower to start)."""
     if group_id.startswith(WRITER_PREFIX) and group_id[len(WRITER_PREFIX):] in TOPICS:
         return [group_id[len(WRITER_PREFIX):]]
     if group_id.startswith(DASHBOARD_PREFIX):
-        return list(FEED_TOPICS)
+        return list(feed_topics)
     if group_id == alerter.GROUP:
         return alerter.topics()
     return None
@@ -117,6 +118,7 @@ class FeedNote:
     group: str = ""
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     groups: list[str] = field(default_factory=list)  # dashboard groups its process created
+    topics: list[str] = field(default_factory=list)  # what the feed reads
 
 
 def serve(cfg: Config, conn, seed: dict) -> None:
@@ -315,7 +317,7 @@ class Poller:
         out = []
         if self.cfg.embedded_broker:
             for g in group_wire.describe_groups(self.address, group_ids, TIMEOUT_S):
-                subscribed = group_topics(g.group_id)
+                subscribed = group_topics(g.group_id, self.feed.topics)
                 reported = any(m.assignment for m in g.members)
                 computed = {}
                 if not reported and subscribed is not None and g.state == "Stable":
@@ -357,12 +359,11 @@ class Poller:
                 out[g] = {}
         return out
 
-    @staticmethod
-    def _lag(group_id: str, committed: dict, ends: dict, low: dict) -> dict | None:
+    def _lag(self, group_id: str, committed: dict, ends: dict, low: dict) -> dict | None:
         """Per partition end - committed; a partition never committed counts from its low watermark.
 
         None for a group that commits nothing (a dashboard: its position lives in its process)."""
-        subscribed = group_topics(group_id) or sorted({t for t, _ in committed})
+        subscribed = group_topics(group_id, self.feed.topics) or sorted({t for t, _ in committed})
         if not committed:
             return None
         lag = {}

@@ -10,12 +10,14 @@ import time
 from typing import Any
 
 from dash_app import pipeline_poller
+from dash_app.live import FEED_TOPICS
 from pipeline import kafka
 from pipeline.config import Config
 
 log = logging.getLogger("dash_app.pipeline")
 NOTE_S = 0.5  # how often the feed's positions are passed on (the poller reads them once a poll)
-RESTART_S = 1.0  # pause before starting a poller process that died
+RESTART_S = 1.0  # pause before replacing a poller process that died young (one failing at start would spin)
+YOUNG_S = 10.0
 
 
 class PipelinePoller(threading.Thread):
@@ -46,7 +48,7 @@ class PipelinePoller(threading.Thread):
             proc = context.Process(target=pipeline_poller.serve, args=(self.cfg, theirs, seed),
                                    name="pipeline-poller", daemon=True)
             proc.start()
-            self.pid = proc.pid
+            self.pid, started = proc.pid, time.monotonic()
             theirs.close()
             try:
                 self._follow(ours)
@@ -67,7 +69,8 @@ class PipelinePoller(threading.Thread):
             self._take({**self.snapshot, "ok": False, "poller_down": True, "t": int(time.time() * 1000),
                         "error": f"poller process ended with code {proc.exitcode}: restarting",
                         "stale_since": self.snapshot.get("stale_since") or self.snapshot.get("t")})
-            self.stopping.wait(RESTART_S)
+            if time.monotonic() - started < YOUNG_S:
+                self.stopping.wait(RESTART_S)
 
     def _follow(self, conn) -> None:
         """Take its snapshots and send it the feed's positions, until it dies or we stop."""
@@ -78,4 +81,5 @@ class PipelinePoller(threading.Thread):
             if self.feed is not None and time.monotonic() - noted >= NOTE_S:
                 noted = time.monotonic()
                 conn.send(pipeline_poller.FeedNote(self.feed.group, dict(self.feed.positions),
-                                                   [g for g in kafka.created_groups if g.startswith(pipeline_poller.DASHBOARD_PREFIX)]))
+                                                   [g for g in kafka.created_groups if g.startswith(pipeline_poller.DASHBOARD_PREFIX)],
+                                                   FEED_TOPICS))

@@ -42,10 +42,10 @@ def test_range_assign_matches_librdkafka_range_assignor():
 
 
 def test_group_topics_and_client_ids():
-    assert group_topics("store-writer.temperature") == ["temperature"]
-    assert group_topics("dashboard-0123456789ab") == [*TOPICS, "alerts"]
-    assert group_topics("alerter") == [n for t in TOPICS.values() for n in (t.name, t.dlq)]
-    assert group_topics("someone-else") is None
+    assert group_topics("store-writer.temperature", FEED_TOPICS) == ["temperature"]
+    assert group_topics("dashboard-0123456789ab", FEED_TOPICS) == [*TOPICS, "alerts"]
+    assert group_topics("alerter", FEED_TOPICS) == [n for t in TOPICS.values() for n in (t.name, t.dlq)]
+    assert group_topics("someone-else", FEED_TOPICS) is None
     assert client_id_of("writer-humidity-9011fb51-904e-4ccf-b42a-d5e862826dbf") == "writer-humidity"
     assert client_id_of("odd") == "odd"
 
