@@ -28,7 +28,9 @@ Before the runs, `costs()` times the steps after consuming in this process (CPU 
 `decoders()` compares ways to take a batch from bytes to columns; `--costs` runs only those.
 Into QuestDB, each backend also runs the QuestDB client alone (`ceiling()`): one Sender sends
 the same rows in batches of the same size, frames built beforehand, with nothing of Kafka or of
-the writer; its sustained rows/s (same 10%-90% window) is the ceiling.
+the writer; its sustained rows/s (same 10%-90% window) is the ceiling. Every backend also runs
+the Kafka consumer alone (`consume_alone()`): the writers' consumer settings, the same messages
+taken in batches of the same size and dropped, the most one writer could take from that broker.
 Targets (one writer): >= 300,000 rows/s into SQLite, >= 400,000 rows/s into QuestDB and >= 70%
 of the ceiling; three writers faster than one.
 """
@@ -124,6 +126,34 @@ def ceiling(servers: Servers, n: int, rooms: int, args) -> dict:
     (t_lo, n_lo), (t_hi, n_hi) = marks[0.1], marks[0.9]
     return {"rows": n, "rows_per_s": round((n_hi - n_lo) / (t_hi - t_lo)), "rows_per_s_overall": round(n / elapsed),
             "client_cpu_cores": round(cpu / elapsed, 2)}
+
+
+def consume_alone(servers: Servers, n: int, rooms: int, args) -> dict:
+    """The Kafka client alone: one consumer with the writers' settings (pipeline.kafka.consumer)
+    taking the same messages in batches of WRITER_BATCH_SIZE and doing nothing with them. The
+    most one writer's main thread could take from this broker on this machine, before validating,
+    building the ILP frame and committing."""
+    from pipeline import kafka
+
+    servers.reset()
+    with temporary_stack(args.keep, **servers.settings) as stack, stack.broker(partitions=args.partitions):
+        produce(stack.bootstrap, *messages(n, rooms, "room-"))
+        consumer = kafka.consumer(stack.config(), "bench-consume-alone", "bench-consume-alone", offset_reset="earliest")
+        consumer.subscribe([TOPIC])
+        got, marks, started = 0, {}, time.monotonic()
+        try:
+            while got < n:
+                if time.monotonic() - started > args.timeout:
+                    raise RuntimeError(f"the consumer alone took {got:,} of {n:,} messages in {args.timeout:.0f} s")
+                got += len(consumer.consume(args.batch_size, timeout=1))
+                for mark in (0.1, 0.9):
+                    if mark not in marks and got >= mark * n:
+                        marks[mark] = (time.monotonic(), got, time.process_time())
+        finally:
+            consumer.close()
+    (t_lo, n_lo, c_lo), (t_hi, n_hi, c_hi) = marks[0.1], marks[0.9]
+    return {"rows": n, "rows_per_s": round((n_hi - n_lo) / (t_hi - t_lo)), "client_cpu_cores": round((c_hi - c_lo) / (t_hi - t_lo), 2),
+            "cpu_us_per_message": round((c_hi - c_lo) / (n_hi - n_lo) * 1e6, 2)}
 
 
 def measure(backend: str, servers: Servers, writers: int, n: int, rooms: int, args) -> dict:
@@ -371,6 +401,15 @@ def main() -> None:
         try:
             with Servers(backend) as servers:
                 ceiling_rate = None
+                runs = []
+                for k in range(args.repeat):
+                    print(f"running the Kafka consumer alone, {n:,} messages, run {k + 1} of {args.repeat} ...", flush=True)
+                    runs.append(consume_alone(servers, n, args.rooms, args))
+                consume_rate = statistics.median(r["rows_per_s"] for r in runs)
+                results.append({"backend": backend, "writers": 0, "consumer_alone": True, "rows_per_s_median": consume_rate, "runs": runs})
+                rows.append([backend, "consumer alone", f"{consume_rate:,.0f}", " · ".join(f"{r['rows_per_s']:,}" for r in runs),
+                             statistics.median(r["client_cpu_cores"] for r in runs), statistics.median(r["cpu_us_per_message"] for r in runs),
+                             None, None, "what one writer's consumer could take"])
                 if servers.questdb:
                     runs = []
                     for k in range(args.repeat):
