@@ -121,10 +121,11 @@ class FeedNote:
     topics: list[str] = field(default_factory=list)  # what the feed reads
 
 
-def serve(cfg: Config, conn, seed: dict) -> None:
+def serve(cfg: Config, conn, seed: dict, parent: int) -> None:
     """The poller process: polls every `POLL_S`, sends each snapshot up `conn`, takes FeedNotes
-    from it, and ends when the dashboard closes its end (or dies: the kernel ends it then)."""
-    die_with_parent()
+    from it, and ends when the dashboard (pid `parent`) closes its end or dies, even while this
+    process was still starting."""
+    die_with_parent(parent)
     setup_logging(cfg.log_level)
     poller = Poller(cfg, conn.send)
     poller.restore(seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from typing import Any
@@ -45,7 +46,7 @@ class PipelinePoller(threading.Thread):
         seed: dict = {}  # the last snapshot of the process before, which the next one carries on from
         while not self.stopping.is_set():
             ours, theirs = context.Pipe()
-            proc = context.Process(target=pipeline_poller.serve, args=(self.cfg, theirs, seed),
+            proc = context.Process(target=pipeline_poller.serve, args=(self.cfg, theirs, seed, os.getpid()),
                                    name="pipeline-poller", daemon=True)
             proc.start()
             self.pid, started = proc.pid, time.monotonic()
