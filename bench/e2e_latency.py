@@ -142,11 +142,17 @@ def processes(run_all: int, driver, dashboard: int | None, broker: int | None) -
     def family(p: psutil.Process) -> list[psutil.Process]:
         return [p, *p.children(recursive=True)]
 
+    def running(p: psutil.Process, name: str) -> bool:
+        try:
+            return name in " ".join(p.cmdline())
+        except psutil.Error:  # ended meanwhile (a zombie until its parent reaps it)
+            return False
+
     kids = psutil.Process(run_all).children(recursive=True)
     return {
         "browser": family(psutil.Process(driver.service.process.pid)),
-        "dashboard": family(psutil.Process(dashboard)) if dashboard else [p for p in kids if "dash_app" in " ".join(p.cmdline())],
-        "broker": [psutil.Process(broker)] if broker else [p for p in kids if "tansu" in " ".join(p.cmdline())],
+        "dashboard": family(psutil.Process(dashboard)) if dashboard else [p for p in kids if running(p, "dash_app")],
+        "broker": [psutil.Process(broker)] if broker else [p for p in kids if running(p, "tansu")],
     }
 
 
