@@ -28,6 +28,7 @@ def layout() -> html.Div:
                 dcc.Download(id={"type": "download", "id": c.id}),
                 # The [start, end) this chart last read from the store (page range or zoom): what CSV exports.
                 dcc.Store(id={"type": "chart-range", "id": c.id}),
+                dcc.Store(id={"type": "chart-zoom", "id": c.id}),  # a zoom's x span, null for "reset axes"
             ])
             for c in CHARTS
         ],
@@ -119,26 +120,37 @@ def register(app, services: Services) -> None:
         cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "shown": shown, "error": snap.error}
         return [figures[c.id] for c in CHARTS], [shown_range] * len(CHARTS), cursor, latest, cards.render(latest), services.health.as_dict()
 
+    # Plotly reports every relayout (a chart's first drawing, a resize), not only zooms: only a
+    # zoom outside live mode goes to the server, so a page whose server is away (restarting)
+    # sends nothing it would have ignored.
+    app.clientside_callback(
+        """(relayout, choice) => {
+            const r = relayout || {};
+            if (choice === "live") return window.dash_clientside.no_update;
+            if (r["xaxis.range[0]"] !== undefined) return {span: [r["xaxis.range[0]"], r["xaxis.range[1]"]]};
+            if (r["xaxis.range"]) return {span: r["xaxis.range"]};
+            return r["xaxis.autorange"] ? {span: null} : window.dash_clientside.no_update;
+        }""",
+        Output({"type": "chart-zoom", "id": MATCH}, "data"),
+        Input({"type": "chart", "id": MATCH}, "relayoutData"), State("range", "value"),
+        prevent_initial_call=True,
+    )
+
     @app.callback(
         Output({"type": "chart", "id": MATCH}, "figure", allow_duplicate=True),
         Output({"type": "chart-range", "id": MATCH}, "data", allow_duplicate=True),
-        Input({"type": "chart", "id": MATCH}, "relayoutData"),
+        Input({"type": "chart-zoom", "id": MATCH}, "data"),
         State("range", "value"),
         State("custom-dates", "start_date"),
         State("custom-dates", "end_date"),
         prevent_initial_call=True,
     )
-    def zoom(relayout, choice, start_date, end_date):
+    def zoom(zoomed, choice, start_date, end_date):
         """Outside live mode, a zoom re-reads its span at the finer resolution it now allows."""
-        if choice == "live" or not relayout:
+        if choice == "live" or not isinstance(zoomed, dict):
             raise PreventUpdate
-        if "xaxis.range[0]" in relayout:
-            span = relayout["xaxis.range[0]"], relayout["xaxis.range[1]"]
-        elif "xaxis.range" in relayout:
-            span = tuple(relayout["xaxis.range"])
-        elif relayout.get("xaxis.autorange"):
-            span = None
-        else:
+        span = zoomed.get("span")
+        if span is not None and (not isinstance(span, list) or len(span) != 2):
             raise PreventUpdate
         chart = CHART_IDS.get(str((ctx.triggered_id or {}).get("id")))
         if chart is None:
