@@ -42,6 +42,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
@@ -52,7 +53,7 @@ from dash_app.replication_watch import ReplicationWatch
 from pipeline import alerter
 from pipeline.broker import current_address, read_address
 from pipeline.config import Config
-from pipeline.daemon import die_with_parent, setup_logging
+from pipeline.daemon import setup_logging
 from pipeline.schema import TOPICS
 
 log = logging.getLogger("dash_app.pipeline")
@@ -121,11 +122,21 @@ class FeedNote:
     topics: list[str] = field(default_factory=list)  # what the feed reads
 
 
-def serve(cfg: Config, conn, seed: dict, parent: int) -> None:
-    """The poller process: polls every `POLL_S`, sends each snapshot up `conn`, takes FeedNotes
-    from it, and ends when the dashboard (pid `parent`) closes its end or dies, even while this
-    process was still starting."""
-    die_with_parent(parent)
+def main(fd: int) -> None:
+    """The poller process (dash_app/poller_process.py starts it): the dashboard's end of the
+    connection is file descriptor `fd`; its first message is the settings and the snapshot to
+    carry on from."""
+    conn = Connection(fd)
+    try:
+        cfg, seed = conn.recv()
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+    serve(cfg, conn, seed)
+
+
+def serve(cfg: Config, conn, seed: dict) -> None:
+    """Polls every `POLL_S`, sends each snapshot up `conn`, takes FeedNotes from it, and ends
+    when the dashboard closes its end (or dies: the kernel ends this process then)."""
     setup_logging(cfg.log_level)
     poller = Poller(cfg, conn.send)
     poller.restore(seed)

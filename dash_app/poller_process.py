@@ -4,16 +4,19 @@ it dies (dash_app/pipeline_poller.py says why it runs apart)."""
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
 from dash_app import pipeline_poller
 from dash_app.live import FEED_TOPICS
 from pipeline import kafka
 from pipeline.config import Config
+from pipeline.daemon import dies_with_us
 
 log = logging.getLogger("dash_app.pipeline")
 NOTE_S = 0.5  # how often the feed's positions are passed on (the poller reads them once a poll)
@@ -41,34 +44,36 @@ class PipelinePoller(threading.Thread):
             self.snapshot, self.version = snapshot, self.version + 1
 
     def run(self) -> None:
-        # spawn, not fork: a fork would copy this process's librdkafka threads' locks mid-use.
-        context = multiprocessing.get_context("spawn")
         seed: dict = {}  # the last snapshot of the process before, which the next one carries on from
         while not self.stopping.is_set():
-            ours, theirs = context.Pipe()
-            proc = context.Process(target=pipeline_poller.serve, args=(self.cfg, theirs, seed, os.getpid()),
-                                   name="pipeline-poller", daemon=True)
-            proc.start()
+            # A fresh interpreter, not a fork: a fork would copy this process's librdkafka
+            # threads' locks mid-use. Killed by the kernel if this process dies (dies_with_us).
+            ours, theirs = socket.socketpair()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from dash_app.pipeline_poller import main; main(int(sys.argv[1]))",
+                 str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], preexec_fn=dies_with_us())  # noqa: PLW1509 - see dies_with_us
             self.pid, started = proc.pid, time.monotonic()
             theirs.close()
+            conn = Connection(ours.detach())
             try:
-                self._follow(ours)
+                conn.send((self.cfg, seed))
+                self._follow(conn)
             except (EOFError, OSError):
-                pass  # it died: its end of the pipe closed
+                pass  # it died: its end of the connection closed
             finally:
-                ours.close()
-                proc.join(2)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join()
+                conn.close()
+                if proc.poll() is None:
+                    proc.kill()  # we stop: it holds nothing that a stop would save
+                proc.wait()
             if self.stopping.is_set():
                 return
             self.restarts += 1
             seed = self.latest()[1]
             log.warning("pipeline poller process ended with code %s; starting another (the page keeps its last snapshot)",
-                        proc.exitcode)
+                        proc.returncode)
             self._take({**self.snapshot, "ok": False, "poller_down": True, "t": int(time.time() * 1000),
-                        "error": f"poller process ended with code {proc.exitcode}: restarting",
+                        "error": f"poller process ended with code {proc.returncode}: restarting",
                         "stale_since": self.snapshot.get("stale_since") or self.snapshot.get("t")})
             if time.monotonic() - started < YOUNG_S:
                 self.stopping.wait(RESTART_S)
