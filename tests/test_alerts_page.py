@@ -63,8 +63,9 @@ def test_a_spike_fires_on_the_page_within_2_s_and_resolves_after_it_ends(hot_rul
         wait_for(lambda: "card-firing" in (duo.driver.execute_script("return document.getElementById(arguments[0])?.className", card) or ""),
                  30, "the lab card marked as firing")
         chart = json.dumps({"id": "temperature", "type": "chart"}, separators=(",", ":"))
-        bands = wait_for(lambda: duo.driver.execute_script(BANDS, chart), 10, "alert bands on the temperature chart")
-        assert all(b.startswith("alert|hot|lab|") for b in bands), bands
+        # Lab's bands (a simulated room that overheats may fire the rule too, with bands of its own).
+        wait_for(lambda: [b for b in duo.driver.execute_script(BANDS, chart) if b.startswith("alert|hot|lab|")], 10,
+                 "alert bands of hot/lab on the temperature chart")
 
         # The webhook's server refused every call: each failed attempt is a dead letter of `alerts`.
         duo.driver.get(duo.server_url + "/pipeline")

@@ -137,7 +137,8 @@ def test_alerter_killed_while_firing_and_broker_renewed_loses_and_repeats_nothin
             raise AssertionError(f"missing {sorted(want - stored())}, extra {sorted(stored() - want)}") from None
         assert stored() == want, "no change the rule does not make"
         wait_for(lambda: len(hook.received) >= len(want) - 2, 30, "the webhook deliveries")
-        delivered = [(a["since"], a["state"]) for a in hook.received if a["rule"] == "hot"]
+        # Lab's changes: a simulated room that overheats may fire the rule too.
+        delivered = [(a["since"], a["state"]) for a in hook.received if a["rule"] == "hot" and a["sensor"] == "lab"]
         assert len(delivered) == len(set(delivered)), "a change was repeated"
         assert set(delivered) <= want
         # The last alerter restarted may still be reading the changelog.
