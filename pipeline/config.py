@@ -96,9 +96,10 @@ class Config(BaseSettings):
         "Readings per second per sensor. At most 1000: `ts` is in milliseconds, and two readings of a sensor never share one.",
         gt=0, le=1000, allow_inf_nan=False)
     producer_linger_ms: int = _setting(
-        20, "an integer ≥ 0",
-        "Longest a producer waits to gather readings into one batch. Shorter: lower latency at low rates; longer: fewer, larger "
-        "batches (the embedded broker's CPU grows with the number of batches it holds).", ge=0)
+        100, "an integer ≥ 0",
+        "Longest a producer waits to gather readings into one batch, when its sensors tick more often than that (slower "
+        "ticks are sent at once). Longer: fewer, larger batches, and the embedded broker's CPU grows with the batches it "
+        "answers and holds; shorter: less waiting at high rates.", ge=0)
     partitions: int = _count(3, "Partitions per topic when topic admin creates it.")
     replication_factor: int | None = _setting(
         None, "empty, or an integer ≥ 1", "Replication factor for new topics. Empty: min(3, number of brokers).", ge=1)

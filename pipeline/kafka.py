@@ -2,10 +2,9 @@
 
 The values are chosen for the embedded broker and hold for Apache Kafka too (see DESIGN notes):
 short session timeouts make a group join take ~3 s instead of ~23 s; a short fetch wait keeps
-live latency near 10-30 ms. The producer's linger.ms (PRODUCER_LINGER_MS, 20) trades latency
-for batches: the embedded broker's CPU grows with the number of batches it holds. At 5,000 msg/s
-it reached half a core after 40 s with 5 ms, a quarter of a core after 60 s with 20 ms; 20 ms adds
-~13 ms at low rates (bench/e2e_latency: p50 41 ms at 100 points/s).
+live latency near 10-30 ms. The producer's linger.ms (PRODUCER_LINGER_MS) trades latency
+for batches: the embedded broker's CPU grows with the batches it answers and holds, so at high
+rates fewer, larger batches keep it from owning a core (measured in docs/performance.md).
 """
 from __future__ import annotations
 

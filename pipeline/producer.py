@@ -204,9 +204,10 @@ def run(cfg: Config, spec: Topic, stop: Stop) -> None:
             k += 1
         out.poll_retiring()
         until_next = mono0 + k * period_ms / 1000 - time.monotonic()
-        if until_next * 1000 > cfg.producer_linger_ms:
-            # Quiet: this tick's readings are all there is until the next tick, so waiting out
-            # linger.ms would only delay them. flush() sends at once; batches stay one per tick.
+        if period_ms >= cfg.producer_linger_ms and until_next > 0:
+            # Ticks no more often than linger.ms: this tick's readings are all there is until the
+            # next one, so waiting out linger.ms would only delay them. flush() sends at once;
+            # batches stay one per tick. Faster ticks share a batch per linger.ms.
             out.current.flush(min(until_next, 0.2))
         else:
             out.current.poll(0)
