@@ -21,9 +21,12 @@ import threading
 import time
 import uuid
 from collections import deque
+from operator import itemgetter
 from typing import Any
 
 import msgspec
+import numpy as np
+import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from simple_websocket import ConnectionClosed
 
@@ -320,43 +323,68 @@ class Buckets:
 
     def __init__(self, width_ms: int):
         self.width = max(1, width_ms)
-        self.open: dict[tuple[str, str, str], list] = {}  # (topic, key, field) -> [bucket, low, high, (ts, last)]
+        # (topic, key) -> its open bucket: [bucket, last ts, then per field its low, high and last value]
+        self.open: dict[tuple[str, str], list] = {}
 
     def add(self, rows: dict[str, list]) -> dict[str, dict[str, list]]:
         """Rows by topic -> {topic: {meta: [xs, ys, tail]}}: for each series that changed, its
         line ("key|field": closed buckets' last readings, then the open one's) and, where a
         bucket spans values, its envelope ("!envelope|key|field": two points a bucket, see
-        figures.envelope_ends); `tail` counts the open bucket's points at the end."""
+        figures.envelope_ends); `tail` counts the open bucket's points at the end.
+        Column-wise per sensor: at high rates a frame carries a hundred thousand rows."""
         out: dict[str, dict[str, list]] = {}
         for topic, topic_rows in rows.items():
-            numeric = TOPICS[topic].numeric
-            closed: dict[tuple[str, str], list] = {}  # (key, field) -> its buckets closed by these rows
-            for row in topic_rows:
-                ts, key = row[0], row[1]
-                bucket = ts // self.width
-                for i, field in enumerate(numeric, start=2):
-                    value = row[i]
-                    state = self.open.get((topic, key, field))
-                    if state is not None and (bucket < state[0] or ts <= state[3][0]):
-                        continue  # already seen (the feed re-reads from its last point after a rebalance)
-                    if state is None or bucket > state[0]:
-                        if state is not None:
-                            closed.setdefault((key, field), []).append(state)
-                        self.open[(topic, key, field)] = [bucket, value, value, (ts, value)]
-                    else:
-                        state[1], state[2], state[3] = min(state[1], value), max(state[2], value), (ts, value)
-                    closed.setdefault((key, field), [])
-            series = out.setdefault(topic, {})
-            for (key, field), states in closed.items():
-                current = self.open[(topic, key, field)]
-                line = [state[3] for state in (*states, current)]
-                series[series_id(key, field)] = [[p[0] for p in line], [p[1] for p in line], 1]
-                spans = [state for state in (*states, current) if state[1] < state[2]]
-                if spans:
-                    xs = [state[0] * self.width for state in spans for _ in range(2)]
-                    ys = [y for state in spans for y in envelope_ends(state[0], state[1], state[2])]
-                    series[envelope_id(key, field)] = [xs, ys, 2 if spans[-1] is current else 0]
-        return {topic: series for topic, series in out.items() if series}
+            if not topic_rows:
+                continue
+            columns = [list(map(itemgetter(i), topic_rows)) for i in range(len(topic_rows[0]))]
+            ts = np.asarray(columns[0], dtype=np.int64)
+            codes, keys = pd.factorize(np.asarray(columns[1], dtype=object))
+            values = [np.asarray(c) for c in columns[2:]]
+            order = np.argsort(codes, kind="stable")  # each sensor's rows, in message order
+            series: dict[str, list] = {}
+            for at in np.split(order, np.flatnonzero(np.diff(codes[order])) + 1):
+                key = keys[codes[at[0]]]
+                self._add_series(topic, key, ts[at], [v[at] for v in values], series)
+            if series:
+                out[topic] = series
+        return out
+
+    def _add_series(self, topic: str, key: str, ts: np.ndarray, values: list[np.ndarray], series: dict) -> None:
+        state = self.open.get((topic, key))
+        # Skip what is not newer than every reading before it (the feed re-reads from its last
+        # point after a rebalance): a reading counts only past the newest one already counted.
+        newest_before = np.maximum.accumulate(np.concatenate(([state[1] if state else np.iinfo(np.int64).min], ts)))[:-1]
+        new = ts > newest_before
+        if not new.any():
+            return
+        ts, values = ts[new], [v[new] for v in values]
+        bucket = ts // self.width
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(bucket)) + 1))
+        ends = np.concatenate((starts[1:], [len(ts)])) - 1
+        buckets, line_ts = bucket[starts].tolist(), ts[ends].tolist()
+        closes_open = state is not None and buckets[0] > state[0]
+        fresh = [buckets[-1], line_ts[-1]]
+        for i, field in enumerate(TOPICS[topic].numeric):
+            lows = np.minimum.reduceat(values[i], starts).tolist()
+            highs = np.maximum.reduceat(values[i], starts).tolist()
+            lasts = values[i][ends].tolist()
+            bks, xs = buckets, line_ts
+            if state is not None:
+                low, high, last = state[2 + 3 * i: 5 + 3 * i]
+                if closes_open:  # the open bucket is final: it leads the line
+                    bks, xs, lows, highs, lasts = [state[0], *bks], [state[1], *xs], [low, *lows], [high, *highs], [last, *lasts]
+                else:
+                    lows[0], highs[0] = min(low, lows[0]), max(high, highs[0])
+            fresh += [lows[-1], highs[-1], lasts[-1]]
+            series[series_id(key, field)] = [xs, lasts, 1]
+            spans = [(bk, low, high) for bk, low, high in zip(bks, lows, highs) if low < high]
+            if spans:
+                series[envelope_id(key, field)] = [
+                    [bk * self.width for bk, _, _ in spans for _ in range(2)],
+                    [y for bk, low, high in spans for y in envelope_ends(bk, low, high)],
+                    2 if spans[-1][0] == fresh[0] else 0,
+                ]
+        self.open[(topic, key)] = fresh
 
 
 def alert_row(alert: Alert) -> dict:
