@@ -1,4 +1,5 @@
-"""Plausible dummy readings: a daily cycle, a slow mean-reverting drift and a little noise.
+"""Plausible dummy readings: a daily cycle, a slow mean-reverting drift and a little noise, all
+in time: a faster rate samples the same signals more finely.
 
 Each sensor's character (baseline, amplitude, phase) comes from a generator seeded by its
 name, so a room keeps its personality across restarts. One systemusage device reports this
@@ -21,6 +22,12 @@ DAY_S = 86_400.0
 HEAT_EVERY_S = 1800.0
 HEAT_S = (150.0, 240.0)
 HEAT_PEAK_C = 28.0
+# A server's load bursts (a batch job, a backup) on average once every BURST_EVERY_S, for BURST_S
+# seconds, by BURST_CPU percent: in time, not per reading, so that a faster rate samples the same
+# bursts more finely instead of drawing a hundred one-reading spikes a second.
+BURST_EVERY_S = 100.0
+BURST_S = (3.0, 20.0)
+BURST_CPU = (20.0, 50.0)
 ROOM_NAMES = ("kitchen", "living-room", "bedroom", "office", "bathroom", "hallway", "garage", "attic")
 GiB = 1024**3
 
@@ -66,6 +73,10 @@ class RoomClimate:
         self.phase_s = r.uniform(-7200, 7200)  # warmest mid-afternoon, give or take two hours
         self.temp_drift = Drift(sigma=0.6, tau_s=1800)
         self.hum_drift = Drift(sigma=3.0, tau_s=2400)
+        # Noise with a time scale, not a draw per reading: a rule near its threshold would
+        # otherwise flap as often as the rate allows.
+        self.temp_jitter = Drift(sigma=0.05, tau_s=2.0)
+        self.hum_jitter = Drift(sigma=0.3, tau_s=2.0)
         self.last_t: float | None = None
         self.heat: tuple[float, float, float] | None = None  # (start, duration, amplitude) of an overheating
 
@@ -89,10 +100,10 @@ class RoomClimate:
         dt = 1.0 if self.last_t is None else t - self.last_t
         self.last_t = t
         cycle = self._cycle(t)
-        temp = self.temp_base + self.temp_amp * cycle + self.temp_drift.step(dt, self.rng) + self.rng.gauss(0, 0.05)
+        temp = self.temp_base + self.temp_amp * cycle + self.temp_drift.step(dt, self.rng) + self.temp_jitter.step(dt, self.rng)
         temp += self._heat(t, dt, temp)
         # Warm air holds more water: relative humidity dips when the room warms.
-        hum = self.hum_base - self.hum_amp * cycle + self.hum_drift.step(dt, self.rng) + self.rng.gauss(0, 0.3)
+        hum = self.hum_base - self.hum_amp * cycle + self.hum_drift.step(dt, self.rng) + self.hum_jitter.step(dt, self.rng)
         return round(temp, 2), round(min(100.0, max(0.0, hum)), 1)
 
 
@@ -107,14 +118,24 @@ class SimulatedMachine:
         self.mem_base = r.uniform(0.35, 0.6)
         self.cpu_drift = Drift(sigma=8.0, tau_s=120)
         self.mem_drift = Drift(sigma=0.05, tau_s=900)
+        self.cpu_jitter = Drift(sigma=2.0, tau_s=2.0)  # as a room's jitter
         self.last_t: float | None = None
+        self.burst: tuple[float, float] | None = None  # (end, extra CPU %) of a burst under way
+
+    def _burst(self, t: float, dt: float) -> float:
+        if self.burst is None and self.rng.random() < min(1.0, dt / BURST_EVERY_S):
+            self.burst = (t + self.rng.uniform(*BURST_S), self.rng.uniform(*BURST_CPU))
+        if self.burst is None or t >= self.burst[0]:
+            self.burst = None
+            return 0.0
+        return self.burst[1]
 
     def read(self, t: float) -> tuple[float, int, int]:
         dt = 1.0 if self.last_t is None else t - self.last_t
         self.last_t = t
         busy = 0.5 + 0.5 * math.cos(2 * math.pi * (t - 14 * 3600) / DAY_S)  # busiest in the afternoon
-        burst = self.rng.uniform(20, 50) if self.rng.random() < 0.01 else 0.0
-        cpu = self.cpu_base * (0.5 + busy) + self.cpu_drift.step(dt, self.rng) + burst + self.rng.gauss(0, 2)
+        burst = self._burst(t, dt)
+        cpu = self.cpu_base * (0.5 + busy) + self.cpu_drift.step(dt, self.rng) + burst + self.cpu_jitter.step(dt, self.rng)
         share = self.mem_base + 0.1 * busy + self.mem_drift.step(dt, self.rng)
         used = int(min(0.97, max(0.05, share)) * self.memory_total)
         return round(min(100.0, max(0.0, cpu)), 1), used, self.memory_total

@@ -33,6 +33,22 @@ def test_simulated_machine_stays_in_range():
         assert 0 <= cpu <= 100 and 0 < used <= total
 
 
+def test_a_faster_rate_samples_the_same_load_not_more_spikes():
+    """Bursts and noise are in time, not drawn per reading: at 1000 readings/s a server's CPU
+    crosses 90 % (the cpu-high rule's threshold) about as often a minute as a person would
+    expect of a machine, not on every burst-sized coin toss (34 times a minute per server when
+    each reading drew its own burst and noise)."""
+    afternoon = 1_796_047_200.0  # 14:00 UTC: the busiest hour
+    for name in ("server-1", "server-2", "server-3"):
+        for rate, minutes in ((1, 60), (1000, 3)):
+            m, above, crossings = SimulatedMachine(name), False, 0
+            for i in range(int(minutes * 60 * rate)):
+                now_above = m.read(afternoon + i / rate)[0] > 90
+                crossings += now_above and not above
+                above = now_above
+            assert crossings / minutes < 3, (name, rate, crossings)
+
+
 def test_this_machine_samples_its_cpu_over_a_second_not_per_reading():
     """At 200 readings/s a reading's own 5 ms window sees the CPU busy or idle: the series
     would flip between 0 and 100. Readings within a second repeat one sample over that second."""
