@@ -1,7 +1,6 @@
 """Producer daemon: one per topic, emitting a reading per sensor RATE times a second."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -9,6 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 from confluent_kafka import KafkaError, Producer
 
 from pipeline import kafka
@@ -176,6 +176,8 @@ def first_tick_ms(spec: Topic, period_ms: float, now_ms: float) -> int:
 def run(cfg: Config, spec: Topic, stop: Stop) -> None:
     log = logging.getLogger(f"producer.{spec.name}")
     readers = sensors(spec, cfg)
+    keyed = [(key.encode(), read) for key, read in readers]
+    encode = msgspec.json.Encoder().encode  # several times cheaper than json.dumps: at high rates a reading's cost adds up
     out = _Outbox(cfg, spec, log)
 
     log.info(
@@ -199,8 +201,8 @@ def run(cfg: Config, spec: Topic, stop: Stop) -> None:
             k = due
         while k <= due and not stop.is_set():
             ms = wall0 + int(k * period_ms)
-            for key, read in readers:
-                out.send(key.encode(), json.dumps(read(ms)).encode(), stop)
+            for key, read in keyed:
+                out.send(key, encode(read(ms)), stop)
             k += 1
         out.poll_retiring()
         until_next = mono0 + k * period_ms / 1000 - time.monotonic()
