@@ -11,6 +11,7 @@ import math
 import random
 import socket
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -60,6 +61,24 @@ class Drift:
         return self.x
 
 
+@dataclass
+class Episode:
+    """Something that happens now and then, in time: on average once every `every_s` seconds,
+    for a duration drawn from `duration_s` (an overheating room, a server's load burst)."""
+
+    every_s: float
+    duration_s: tuple[float, float]
+    current: tuple[float, float, float] | None = None  # (start, duration, size) of the one under way
+
+    def at(self, t: float, dt: float, rng: random.Random, size: Callable[[], float]) -> tuple[float, float, float] | None:
+        """The episode under way at `t`, as (start, duration, size); `size` is called when one begins."""
+        if self.current is None and rng.random() < min(1.0, dt / self.every_s):
+            self.current = (t, rng.uniform(*self.duration_s), size())
+        if self.current is not None and t - self.current[0] >= self.current[1]:
+            self.current = None
+        return self.current
+
+
 class RoomClimate:
     """Temperature (°C) and relative humidity (%) of one room."""
 
@@ -78,18 +97,14 @@ class RoomClimate:
         self.temp_jitter = Drift(sigma=0.05, tau_s=2.0)
         self.hum_jitter = Drift(sigma=0.3, tau_s=2.0)
         self.last_t: float | None = None
-        self.heat: tuple[float, float, float] | None = None  # (start, duration, amplitude) of an overheating
+        self.heat = Episode(HEAT_EVERY_S, HEAT_S)  # its size: the amplitude up to HEAT_PEAK_C
 
     def _heat(self, t: float, dt: float, temp: float) -> float:
         """The overheating's share of the temperature at `t`: a half sine up to HEAT_PEAK_C."""
-        if self.heat is None and self.rng.random() < min(1.0, dt / HEAT_EVERY_S):
-            self.heat = (t, self.rng.uniform(*HEAT_S), max(2.0, HEAT_PEAK_C - temp))
-        if self.heat is None:
+        heat = self.heat.at(t, dt, self.rng, lambda: max(2.0, HEAT_PEAK_C - temp))
+        if heat is None:
             return 0.0
-        start, duration, amplitude = self.heat
-        if t - start >= duration:
-            self.heat = None
-            return 0.0
+        start, duration, amplitude = heat
         return amplitude * math.sin(math.pi * (t - start) / duration)
 
     def _cycle(self, t: float) -> float:
@@ -120,22 +135,15 @@ class SimulatedMachine:
         self.mem_drift = Drift(sigma=0.05, tau_s=900)
         self.cpu_jitter = Drift(sigma=2.0, tau_s=2.0)  # as a room's jitter
         self.last_t: float | None = None
-        self.burst: tuple[float, float] | None = None  # (end, extra CPU %) of a burst under way
-
-    def _burst(self, t: float, dt: float) -> float:
-        if self.burst is None and self.rng.random() < min(1.0, dt / BURST_EVERY_S):
-            self.burst = (t + self.rng.uniform(*BURST_S), self.rng.uniform(*BURST_CPU))
-        if self.burst is None or t >= self.burst[0]:
-            self.burst = None
-            return 0.0
-        return self.burst[1]
+        self.burst = Episode(BURST_EVERY_S, BURST_S)  # its size: the extra CPU %
 
     def read(self, t: float) -> tuple[float, int, int]:
         dt = 1.0 if self.last_t is None else t - self.last_t
         self.last_t = t
         busy = 0.5 + 0.5 * math.cos(2 * math.pi * (t - 14 * 3600) / DAY_S)  # busiest in the afternoon
-        burst = self._burst(t, dt)
-        cpu = self.cpu_base * (0.5 + busy) + self.cpu_drift.step(dt, self.rng) + burst + self.cpu_jitter.step(dt, self.rng)
+        burst = self.burst.at(t, dt, self.rng, lambda: self.rng.uniform(*BURST_CPU))
+        cpu_burst = 0.0 if burst is None else burst[2]
+        cpu = self.cpu_base * (0.5 + busy) + self.cpu_drift.step(dt, self.rng) + cpu_burst + self.cpu_jitter.step(dt, self.rng)
         share = self.mem_base + 0.1 * busy + self.mem_drift.step(dt, self.rng)
         used = int(min(0.97, max(0.05, share)) * self.memory_total)
         return round(min(100.0, max(0.0, cpu)), 1), used, self.memory_total
