@@ -55,18 +55,16 @@
     return new Date(ms).toTimeString().slice(0, 8);
   }
 
-  function el(type, props, children) {
-    return { type: type, namespace: "dash_html_components", props: Object.assign({ children: children }, props) };
-  }
-
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     alerts: {
       episodes: episodes,
       shapes: shapes,
 
-      /* The panel: alerts pending or firing now, the last 24 h of changes, the count in the
-       * title, and for the cards: "topic|sensor" -> the rules firing for it. */
+      /* The panel (HTML for assets/markup.js): alerts pending or firing now, the last 24 h of
+       * changes, the count in the title, and for the cards: "topic|sensor" -> the rules firing
+       * for it. */
       panel: function (historyData, liveData) {
+        const tag = window.dash_clientside.markup.tag;
         const eps = episodes(historyData, liveData);
         const active = eps.filter((ep) => ep.state === "firing" || ep.state === "pending")
           .sort((a, b) => ORDER[b.state] - ORDER[a.state] || b.last - a.last);
@@ -77,29 +75,26 @@
           firing[card] = (firing[card] ? firing[card] + ", " : "") + ep.rule;
         }
         const now = active.length
-          ? el("Ul", { className: "alert-list" }, active.map((ep) => el("Li", {
-            className: "alert-row alert-" + ep.state, "data-alert": ep.rule + "|" + ep.sensor, "data-state": ep.state, "data-firing": ep.firing,
+          ? tag("ul", { class: "alert-list" }, active.map((ep) => tag("li", {
+            class: "alert-row alert-" + ep.state, "data-alert": ep.rule + "|" + ep.sensor, "data-state": ep.state, "data-firing": ep.firing,
           }, [
-            el("Span", { className: "alert-state" }, ep.state),
-            el("Span", { className: "alert-name" }, ep.rule + " · " + ep.sensor),
-            el("Span", { className: "alert-since" }, (ep.state === "firing" ? "firing since " + clock(ep.firing) : "pending since " + clock(ep.pending))),
-            el("Span", { className: "alert-summary" }, ep.summary),
+            tag("span", { class: "alert-state" }, ep.state),
+            tag("span", { class: "alert-name" }, ep.rule + " · " + ep.sensor),
+            tag("span", { class: "alert-since" }, (ep.state === "firing" ? "firing since " + clock(ep.firing) : "pending since " + clock(ep.pending))),
+            tag("span", { class: "alert-summary" }, ep.summary),
           ])))
-          : el("P", { className: "alert-none" }, "No alert pending or firing.");
+          : tag("p", { class: "alert-none" }, "No alert pending or firing.");
         const cutoff = Date.now() - HISTORY_MS;
         const changes = Object.values(Object.assign({}, (historyData || {}).changes, (liveData || {}).changes))
           .filter((c) => c.ts >= cutoff)
           .sort((a, b) => b.ts - a.ts || ORDER[b.state] - ORDER[a.state])
           .slice(0, LOG_ROWS);
         const error = (historyData || {}).error;
-        const log = [
-          error ? el("P", { className: "notice" }, error) : null,
-          changes.length
-            ? el("Table", { className: "alert-log" }, [el("Tbody", {}, changes.map((c) => el("Tr", {
-              className: "alert-change alert-" + c.state, "data-alert": c.rule + "|" + c.sensor, "data-state": c.state,
-            }, [el("Td", {}, clock(c.ts)), el("Td", {}, c.state), el("Td", {}, c.rule), el("Td", {}, c.sensor), el("Td", {}, c.summary)])))])
-            : el("P", { className: "alert-none" }, "No changes in the last 24 h."),
-        ];
+        const log = (error ? tag("p", { class: "notice" }, error) : "") + (changes.length
+          ? tag("table", { class: "alert-log" }, [tag("tbody", {}, changes.map((c) => tag("tr", {
+            class: "alert-change alert-" + c.state, "data-alert": c.rule + "|" + c.sensor, "data-state": c.state,
+          }, [clock(c.ts), c.state, c.rule, c.sensor, c.summary].map((cell) => tag("td", {}, cell)))))])
+          : tag("p", { class: "alert-none" }, "No changes in the last 24 h."));
         const firingCount = active.filter((ep) => ep.state === "firing").length;
         const count = firingCount ? firingCount + " firing" : active.length ? active.length + " pending" : "";
         return [now, log, count, firing];

@@ -220,30 +220,30 @@
         }));
       },
 
-      /* Each card: value, age, stale (no reading for config.staleMs: "last seen …", class
-       * card-stale, counted in the header), a flag when the value is outside a chart's band, and
-       * the rules firing for its sensor (`firing`, from assets/alerts.js: class card-firing). */
-      cards: function (_tick, _shells, firing, latest, config) {
-        const ctx = window.dash_clientside.callback_context;
-        const ids = ctx.outputs_list[0].map((o) => o.id.id);
+      /* The cards' HTML (assets/markup.js), one a sensor of `latest` in its order: value, age, stale (no reading for
+       * config.staleMs: "last seen …", class card-stale, counted in the header), a flag when the
+       * value is outside a chart's band, and the rules firing for its sensor (`firing`, from
+       * assets/alerts.js: class card-firing). Each card carries its sensor in `data-sensor`. */
+      cards: function (_tick, _cursor, firing, latest, config) {
+        const tag = window.dash_clientside.markup.tag;
         const now = Date.now();
-        const values = ids.map((id) => {
-          const item = (latest || {})[id];
-          const fields = item && config ? config.cards[item.topic] : null;
-          if (!item || !fields) return "–";
-          return fields.map(([field, label, unit, scale, digits]) => label + (item[field] * scale).toFixed(digits) + unit).join(" · ");
+        let staleCount = 0;
+        const cards = Object.entries(latest || {}).map(([id, item]) => {
+          const fields = config ? config.cards[item.topic] : null;
+          const value = fields ? fields.map(([field, label, unit, scale, digits]) => label + (item[field] * scale).toFixed(digits) + unit).join(" · ") : "–";
+          const stale = Boolean(config && now - item.ts >= config.staleMs);
+          const rules = (firing || {})[id] || "";
+          const flag = [rules && "firing: " + rules, outOfBand(item, config)].filter(Boolean).join(" · ");
+          const title = item.key + " · " + (config ? config.cardTitles[item.topic] : item.topic);
+          const age = stale ? "stale · last seen " + formatAge(now - item.ts) : formatAge(now - item.ts);
+          const classes = "card" + (stale ? " card-stale" : "") + (flag ? " card-alert" : "") + (rules ? " card-firing" : "");
+          staleCount += stale ? 1 : 0;
+          return tag("div", { class: classes, "data-sensor": id }, [
+            tag("div", { class: "card-title" }, title), tag("div", { class: "card-value" }, value),
+            tag("div", { class: "card-flag" }, flag), tag("div", { class: "card-age" }, age),
+          ]);
         });
-        const stale = ids.map((id) => Boolean((latest || {})[id] && config && now - latest[id].ts >= config.staleMs));
-        const ages = ids.map((id, i) => {
-          const item = (latest || {})[id];
-          if (!item) return "";
-          return stale[i] ? "stale · last seen " + formatAge(now - item.ts) : formatAge(now - item.ts);
-        });
-        const rules = ids.map((id) => (firing || {})[id] || "");
-        const flags = ids.map((id, i) => [rules[i] && "firing: " + rules[i], outOfBand((latest || {})[id], config)].filter(Boolean).join(" · "));
-        const classes = ids.map((_, i) => "card" + (stale[i] ? " card-stale" : "") + (flags[i] ? " card-alert" : "") + (rules[i] ? " card-firing" : ""));
-        const staleCount = stale.filter(Boolean).length;
-        return [values, ages, classes, flags, staleCount ? staleCount + " stale" : ""];
+        return [cards.join(""), staleCount ? staleCount + " stale" : ""];
       },
 
       badge: function (wsState, health, cursor) {

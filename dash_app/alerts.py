@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 
 from dash import ClientsideFunction, Input, Output, dcc, html
+from dash_extensions import Purify
 
 from dash_app.charts import CHARTS
 from dash_app.live import alert_row
@@ -33,10 +34,11 @@ HISTORY_KEPT = 2000  # newest changes a page load gets (a rule flapping all day 
 def layout() -> html.Section:
     return html.Section(id="alerts", className="alerts", children=[
         html.H2(["Alerts ", html.Span("", id="alerts-count", className="alerts-count")]),
-        html.Div(id="alerts-now", className="alerts-now"),
+        # HTML strings from assets/alerts.js (assets/markup.js says why not Dash components).
+        Purify(id="alerts-now", className="alerts-now"),
         html.Details(className="alerts-history", children=[
             html.Summary("Last 24 h"),
-            html.Div(id="alerts-log"),
+            Purify(id="alerts-log", className="alerts-log"),
         ]),
         dcc.Store(id="alerts-history"),  # the store's changes (and the ring's) at the last history load
         dcc.Store(id="alerts-live"),  # changes from the websocket frames since
@@ -88,7 +90,7 @@ def register(app, services: Services) -> None:
 
     app.clientside_callback(
         ClientsideFunction("alerts", "panel"),
-        Output("alerts-now", "children"), Output("alerts-log", "children"), Output("alerts-count", "children"),
+        Output("alerts-now", "html"), Output("alerts-log", "html"), Output("alerts-count", "children"),
         Output("alerts-firing", "data"),
         Input("alerts-history", "data"), Input("alerts-live", "data"),
     )

@@ -55,6 +55,7 @@ def live_config(services: Services) -> dict:
     return {
         "charts": {c.id: {"topic": c.topic, "fields": list(c.fields), "scale": c.scale} for c in CHARTS},
         "cards": cards.CARD_FIELDS,
+        "cardTitles": cards.TITLES,
         "windowMs": services.cfg.live_window_s * 1000,
         # The gap rule of figures.py for live points: raw at RATE, or bucketed to the live buckets.
         "gapMs": gap_threshold_ms(interval_ms(services), services.cfg.live_bucket_ms),
@@ -84,7 +85,6 @@ def register(app, services: Services) -> None:
         Output({"type": "chart-range", "id": ALL}, "data"),
         Output("cursor", "data"),
         Output("latest", "data"),
-        Output("cards", "children"),
         Output("health", "data"),
         Input("range", "value"),
         Input("custom-dates", "start_date"),
@@ -118,7 +118,7 @@ def register(app, services: Services) -> None:
         # `load` tells the page this is a new history even when the stream has not moved since.
         shown = None if live else controls.describe(choice, start, end)
         cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "shown": shown, "error": snap.error}
-        return [figures[c.id] for c in CHARTS], [shown_range] * len(CHARTS), cursor, latest, cards.render(latest), services.health.as_dict()
+        return [figures[c.id] for c in CHARTS], [shown_range] * len(CHARTS), cursor, latest, services.health.as_dict()
 
     # Plotly reports every relayout (a chart's first drawing, a resize), not only zooms: only a
     # zoom outside live mode goes to the server, so a page whose server is away (restarting)

@@ -17,7 +17,7 @@ from tests.test_alerts_pipeline import RULES_TOML, Hook, Spikes
 WATCH = """
 window.firingSeen = [];
 const seen = new Set();
-const note = () => document.querySelectorAll('#alerts-now .alert-row[data-state="firing"]').forEach(row => {
+const note = () => document.querySelectorAll('div.alerts-now .alert-row[data-state="firing"]').forEach(row => {
   const key = row.dataset.alert + '|' + row.dataset.firing;
   if (!seen.has(key)) { seen.add(key); window.firingSeen.push([key, Date.now(), Number(row.dataset.firing)]); }
 });
@@ -55,12 +55,12 @@ def test_a_spike_fires_on_the_page_within_2_s_and_resolves_after_it_ends(hot_rul
         assert all(0 <= d <= 2000 for d in delays), f"firing shown too late: {delays} ms"
 
         # After each spike the alert resolves: the log of the last 24 h says so.
-        wait_for(lambda: duo.find_elements('#alerts-log .alert-change[data-alert="hot|lab"][data-state="resolved"]'), 10,
+        wait_for(lambda: duo.find_elements('div.alerts-log .alert-change[data-alert="hot|lab"][data-state="resolved"]'), 10,
                  "a resolved change of hot/lab in the last 24 h")
         # While it fires, the sensor's card is marked and the temperature chart has a band over it.
-        card = json.dumps({"id": "temperature|lab", "type": "card"}, separators=(",", ":"))
-        # By element id through the DOM: Selenium turns an id into a CSS selector, which a JSON id breaks.
-        wait_for(lambda: "card-firing" in (duo.driver.execute_script("return document.getElementById(arguments[0])?.className", card) or ""),
+        card = '.card[data-sensor="temperature|lab"]'
+        # Read in the page: the cards are drawn anew every second, so an element handle can be stale when read.
+        wait_for(lambda: "card-firing" in (duo.driver.execute_script("return document.querySelector(arguments[0])?.className", card) or ""),
                  30, "the lab card marked as firing")
         chart = json.dumps({"id": "temperature", "type": "chart"}, separators=(",", ":"))
         # Lab's bands (a simulated room that overheats may fire the rule too, with bands of its own).

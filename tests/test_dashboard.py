@@ -86,8 +86,9 @@ def test_history_then_live_points_match_the_store_without_loss(dashboard):
     with open_store(services.cfg.store_url, services.cfg.questdb_pg_url) as store:
         checked = assert_browser_equals_store(duo, store)
     assert checked > 300
-    cards = duo.find_elements(".card-value")
-    assert len(cards) == 4 + 4 + 3 and all(c.text not in ("", "–") for c in cards)
+    # Read in the page: the cards are drawn anew every second, so an element handle can be stale when read.
+    cards = duo.driver.execute_script("return [...document.querySelectorAll('.card-value')].map(c => c.textContent)")
+    assert len(cards) == 4 + 4 + 3 and all(c not in ("", "–") for c in cards)
     assert duo.get_logs() == [], "browser console errors"
 
 

@@ -139,17 +139,23 @@ def test_a_stale_sensors_card_turns_stale_and_recovers(dashboard):
     write_cellar(services.cfg.store_url, [stored_ts])
     open_view(duo, "")
     duo.wait_for_text_to_equal("#status", "live", timeout=30)
-    card = f'[id=\'{{"id":"temperature|{ROOM}","type":"card"}}\']'
-    wait_for(lambda: "card-stale" in duo.find_element(card).get_attribute("class"), 15, "the cellar's card to be stale")
-    assert re.search(r"stale · last seen \d+ min ago", duo.find_element(card).text)
+
+    def card() -> tuple[str, str]:
+        """The cellar's card's class and text, read in the page: the cards are drawn anew every
+        second, so an element handle can be stale when read."""
+        script = "const c = document.querySelector(arguments[0]); return c ? [c.className, c.innerText] : ['', '']"
+        return tuple(duo.driver.execute_script(script, f'.card[data-sensor="temperature|{ROOM}"]'))
+
+    wait_for(lambda: "card-stale" in card()[0], 15, "the cellar's card to be stale")
+    assert re.search(r"stale · last seen \d+ min ago", card()[1])
     duo.wait_for_text_to_equal("#stale-count", "1 stale", timeout=5)
 
     producer = Producer({"bootstrap.servers": current_address(services.cfg)})
     reading = {"ts": now_ms(), "room": ROOM, "value": 12.5, "unit": "°C"}
     producer.produce("temperature", key=ROOM.encode(), value=json.dumps(reading).encode())
     assert producer.flush(10) == 0
-    wait_for(lambda: "card-stale" not in duo.find_element(card).get_attribute("class"), 15, "the card to recover")
-    assert "last seen" not in duo.find_element(card).text
+    wait_for(lambda: "card-stale" not in card()[0], 15, "the card to recover")
+    assert "last seen" not in card()[1]
     duo.wait_for_text_to_equal("#stale-count", "", timeout=5)
     # The live point came a minute after the stored one: the live trace breaks over the hole.
     drawn = wait_for(lambda: (c := chart(duo, "temperature")) and c["x"] and len(c["x"]) >= 3 and c, 10, "the live point")
@@ -159,7 +165,7 @@ def test_a_stale_sensors_card_turns_stale_and_recovers(dashboard):
     marks = wait_for(lambda: (c := chart(duo, "temperature", OUTSIDE_ID)) and len(c["x"]) >= 2 and c, 10, "the live point marked")
     assert sorted(zip(marks["x"], marks["y"])) == [(stored_ts, 12.0), (reading["ts"], 12.5)]
     # Silent again: stale again once its intervals (at least 10 s) have passed.
-    wait_for(lambda: "card-stale" in duo.find_element(card).get_attribute("class"), 20, "the card to turn stale again")
+    wait_for(lambda: "card-stale" in card()[0], 20, "the card to turn stale again")
     assert duo.get_logs() == [], "browser console errors"
 
 
