@@ -1,16 +1,18 @@
 /* The live charts' browser side: one socket, one frame in flight, drawn through Dash props.
  *
  * The server (dash_app/live.py) sends a frame with everything after the page's cursor; the page
- * draws it and answers "<n> <cursor>"; only then does the next frame come. Each series arrives
+ * draws it, each chart in a task of its own, and answers "<n> <cursor>"; only then does the
+ * next frame come. Each series arrives
  * bucketed to about one pixel column: a line point (the bucket's last reading) and, where the
  * bucket spans values, its lowest and highest on its envelope trace, closed buckets first, then a
  * provisional `tail` for the open bucket that the next frame replaces. So a lone reading is
  * drawn at once, and however fast readings come a chart holds a few points per pixel column.
  *
  * State lives in Dash props: the charts' `figure`, the `live-state` store (which history load
- * the stream continues, its cursor, the number of the frame it drew last and when it began
- * drawing it, how many tail points each trace holds), the `latest` store (the cards), the socket's `url` (it also records when it
- * was last opened).
+ * the stream continues, its cursor, its last frame and the charts that got a part of it), each
+ * chart's `chart-part` (its share of that frame) and `chart-drawn` (the part it drew last and how
+ * many tail points each of its traces holds), the `latest` store (the cards), the socket's `url` (it also
+ * records when it was last opened).
  */
 (function () {
   "use strict";
@@ -18,8 +20,6 @@
   const BUSY = 1013; // the server streams to as many pages as it may (LIVE_MAX_PAGES)
   const BUSY_RETRY_MS = 10000;
   const RELOAD_MS = 2000;
-  const MIN_PAUSE_MS = 16; // a frame drawn within one animation frame asks for the next at once
-  const MAX_PAUSE_MS = 1000;
   const ALERTS_KEEP_MS = 24 * 3600 * 1000; // the panel's "last 24 h"
   const ALERTS_KEPT = 2000;
   const noUpdate = () => window.dash_clientside.no_update;
@@ -111,43 +111,51 @@
     return Object.assign({}, trace, { x: x, y: y, customdata: of });
   }
 
-  /* Draw one frame's traces into the charts; null where a chart has nothing new. */
-  function drawFrame(frame, figures, chartIds, tails, config) {
-    let unknown = false;
+  /* One chart's figure with a frame's points for its topic (`series`: meta -> points) added;
+   * null when the frame has nothing for it. `tails` (trace index -> how many tail points it
+   * holds) is updated in place. */
+  function drawChart(figure, series, tails, chart, config) {
+    if (!figure || !series) return null;
     const cutoff = Date.now() - config.windowMs;
-    const out = figures.map((figure, c) => {
+    const index = {};
+    figure.data.forEach((trace, i) => { index[trace.meta] = i; });
+    let data = null;
+    const marks = [[], [], []]; // points out of a band: xs, ys (in the chart's unit), series
+    const marked = {}; // series -> the buckets its envelope marked in this frame
+    const reopened = {}; // series -> start of its bucket that was open before this frame
+    // Envelopes ("!envelope|key|field") before lines: a line point's mark depends on its bucket's.
+    for (const [meta, points] of Object.entries(series).sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const envelope = meta.startsWith("!");
+      const field = meta.split("|").pop();
+      if (!chart.fields.includes(field)) continue;
+      if (points[0][points[0].length - 1] < cutoff) continue; // late readings, before the window: nothing to draw
+      const i = index[meta];
+      if (i === undefined) continue; // a series new to the chart: the frame handler asks for a history load
+      data = data || figure.data.slice();
+      if (!envelope && tails[i]) reopened[meta] = bucketStart(data[i].x[data[i].x.length - 1], config.bucketMs);
+      [data[i], tails[i]] = extendTrace(data[i], tails[i] || 0, points, cutoff, config.gapMs, chart.scale);
+      const sid = envelope ? meta.slice(meta.indexOf("|") + 1) : meta;
+      addOutside(marks, sid, points, chart.scale, config.limits[chart.topic + "|" + field], envelope,
+        marked[sid] || (marked[sid] = new Set()), config.bucketMs);
+    }
+    const m = index[config.outsideMeta];
+    if ((marks[0].length || Object.keys(reopened).length) && m !== undefined) data[m] = withMarks(data[m], marks, reopened, cutoff);
+    return data && Object.assign({}, figure, { data: data });
+  }
+
+  /* Whether a frame brings a series that a chart has no trace for: it needs a history load. An
+   * envelope does not count: it is drawn only where the live buckets aggregate (the figure then
+   * has one for every series). */
+  function unknownSeries(frame, figures, chartIds, config) {
+    const cutoff = Date.now() - config.windowMs;
+    return figures.some((figure, c) => {
       const chart = config.charts[chartIds[c]];
       const series = frame.traces[chart.topic];
-      if (!figure || !series) return null;
-      const index = {};
-      figure.data.forEach((trace, i) => { index[trace.meta] = i; });
-      const chartTails = tails[chartIds[c]] || (tails[chartIds[c]] = {});
-      let data = null;
-      const marks = [[], [], []]; // points out of a band: xs, ys (in the chart's unit), series
-      const marked = {}; // series -> the buckets its envelope marked in this frame
-      const reopened = {}; // series -> start of its bucket that was open before this frame
-      // Envelopes ("!envelope|key|field") before lines: a line point's mark depends on its bucket's.
-      for (const [meta, points] of Object.entries(series).sort(([a], [b]) => (a < b ? -1 : 1))) {
-        const envelope = meta.startsWith("!");
-        const field = meta.split("|").pop();
-        if (!chart.fields.includes(field)) continue;
-        if (points[0][points[0].length - 1] < cutoff) continue; // late readings, before the window: nothing to draw
-        const i = index[meta];
-        // A series unknown to the chart needs a history load; an envelope is drawn only where
-        // the live buckets aggregate (the figure then has one for every series).
-        if (i === undefined) { unknown = unknown || !envelope; continue; }
-        data = data || figure.data.slice();
-        if (!envelope && chartTails[i]) reopened[meta] = bucketStart(data[i].x[data[i].x.length - 1], config.bucketMs);
-        [data[i], chartTails[i]] = extendTrace(data[i], chartTails[i] || 0, points, cutoff, config.gapMs, chart.scale);
-        const sid = envelope ? meta.slice(meta.indexOf("|") + 1) : meta;
-        addOutside(marks, sid, points, chart.scale, config.limits[chart.topic + "|" + field], envelope,
-          marked[sid] || (marked[sid] = new Set()), config.bucketMs);
-      }
-      const m = index[config.outsideMeta];
-      if ((marks[0].length || Object.keys(reopened).length) && m !== undefined) data[m] = withMarks(data[m], marks, reopened, cutoff);
-      return data && Object.assign({}, figure, { data: data });
+      if (!figure || !series) return false;
+      const metas = new Set(figure.data.map((trace) => trace.meta));
+      return Object.entries(series).some(([meta, points]) => !meta.startsWith("!") && chart.fields.includes(meta.split("|").pop())
+        && points[0][points[0].length - 1] >= cutoff && !metas.has(meta));
     });
-    return { figures: out, unknown: unknown };
   }
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
@@ -164,10 +172,9 @@
         return socketUrl(since, cursor.load);
       },
 
-      /* Each frame: draw it, merge the cards' values and the alert changes, pass on the status,
-       * and ask for the next. */
-      frame: function (message, figures, liveState, cursor, latest, health, reload, config, alertsLive, alertsHistory) {
-        const began = performance.now(); // the ack leaves the main thread free as long as this frame took
+      /* Each frame: hand each chart its part (drawn by `draw`), merge the cards' values and the
+       * alert changes, pass on the status. */
+      frame: function (message, figures, liveState, cursor, latest, health, reload, config, alertsLive) {
         const ctx = window.dash_clientside.callback_context;
         const chartIds = ctx.states_list[0].map((s) => s.id.id);
         const none = [figures.map(noUpdate), noUpdate(), noUpdate(), noUpdate(), noUpdate(), noUpdate()];
@@ -178,46 +185,65 @@
         const same = liveState && liveState.load === cursor.load;
         const expected = same ? liveState.cursor : cursor.cursor;
         if (frame.from !== expected) return none; // from a socket this page has already left
-        // A new connection starts its buckets afresh: what the last one drew stays drawn.
-        const tails = same && frame.n > 0 ? JSON.parse(JSON.stringify(liveState.tails)) : {};
-        let drawn = { figures: figures.map(() => null), unknown: false };
-        if (cursor.live) drawn = drawFrame(frame, figures, chartIds, tails, config);
-
+        let unknown = cursor.live && unknownSeries(frame, figures, chartIds, config);
         let merged = null;
         for (const [id, item] of Object.entries(frame.latest)) {
           const prev = (latest || {})[id];
-          if (!prev) drawn.unknown = true; // a new sensor: its card and traces come with a history load
+          if (!prev) unknown = true; // a new sensor: its card and traces come with a history load
           if (!prev || item.ts > prev.ts) (merged = merged || Object.assign({}, latest))[id] = item;
         }
         const healthChanged = JSON.stringify(frame.status) !== JSON.stringify(health);
         const storeBack = cursor.error && frame.status.store;
         const alerts = mergeAlerts(alertsLive, frame.alerts);
-        const banded = withAlertBands(drawn.figures, figures, chartIds, cursor.live, config, alerts || alertsLive, alertsHistory);
+        // A chart gets a part where it has something to draw: points, or alert bands that may
+        // have changed (an alert changed; a new history load or connection, which also starts
+        // the chart's buckets afresh: what the last connection drew stays drawn).
+        const fresh = !same || frame.n === 0;
+        const frameId = performance.now(); // names this frame's parts: what `ack` waits for
+        const parts = chartIds.map((id) => {
+          const series = frame.traces[config.charts[id].topic] || null;
+          if (!(series && cursor.live) && !alerts && !fresh) return noUpdate();
+          return { load: cursor.load, id: frameId, fresh: fresh, live: cursor.live, series: series };
+        });
         return [
-          banded.map((f) => f || noUpdate()),
-          { load: cursor.load, cursor: frame.to, tails: tails, n: frame.n, began: began },
+          parts,
+          { load: cursor.load, cursor: frame.to, n: frame.n, id: frameId, charts: chartIds.filter((_, c) => parts[c] !== noUpdate()) },
           merged || noUpdate(),
           healthChanged ? frame.status : noUpdate(),
-          reloadOut(drawn.unknown || storeBack),
+          reloadOut(unknown || storeBack),
           alerts || noUpdate(),
         ];
       },
 
-      /* Ask for the next frame once this one is on screen, and after leaving the page's main
-       * thread free for as long as drawing it took. The charts redraw while this frame's outputs
-       * are applied, before the next animation frame; a frame asked for any sooner would wait
-       * behind that redraw and carry readings that are already old when it is drawn. The pause
-       * is what keeps a click, a range switch or a zoom answered at high rates: drawing never
-       * holds the main thread for more than half the time, and the readings that come meanwhile
-       * share the next frame (drawn at the same cost: a chart holds a few points per pixel). */
-      ack: function (liveState) {
-        if (!liveState || liveState.n === undefined) return noUpdate();
-        return new Promise((resolve) => requestAnimationFrame(() => {
-          const drawing = performance.now() - (liveState.began || performance.now());
-          const answer = () => resolve(liveState.n + " " + liveState.cursor);
-          if (drawing < MIN_PAUSE_MS) answer();
-          else setTimeout(answer, Math.min(drawing, MAX_PAUSE_MS));
+      /* One chart's part of a frame, drawn in a task of its own: a click, a range switch or a
+       * zoom waits for one chart's redraw at most, never for all of them. Returns the figure
+       * (with its alert bands) and what it drew: the part (its history load and frame) and how
+       * many tail points each trace now holds. */
+      draw: function (part, figure, drawn, config, alertsLive, alertsHistory) {
+        const chartId = window.dash_clientside.callback_context.outputs_list[0].id.id;
+        if (!part) return [noUpdate(), noUpdate()];
+        return new Promise((resolve) => inBackground(() => {
+          // A history load that replaced the figure meanwhile (a range switch) is not drawn over.
+          const current = window.dash_component_api.getLayout({ type: "chart", id: chartId });
+          if (current && current.props.figure !== figure) return resolve([noUpdate(), { load: part.load, id: part.id, tails: {} }]);
+          const same = !part.fresh && drawn && drawn.load === part.load;
+          const tails = same ? Object.assign({}, drawn.tails) : {};
+          const extended = part.live ? drawChart(figure, part.series, tails, config.charts[chartId], config) : null;
+          const banded = withAlertBands(extended, figure, chartId, part.live, config, alertsLive, alertsHistory);
+          resolve([banded || noUpdate(), { load: part.load, id: part.id, tails: tails }]);
         }));
+      },
+
+      /* Ask for the next frame once every chart has drawn this one and it is on screen: a frame
+       * asked for any sooner would wait behind those redraws and carry readings that are already
+       * old when it is drawn. Under load the readings that come meanwhile share the next frame,
+       * drawn at the same cost (a chart holds a few points per pixel column). */
+      ack: function (drawn, liveState) {
+        if (!liveState || liveState.n === undefined) return noUpdate();
+        const chartIds = window.dash_clientside.callback_context.inputs_list[0].map((i) => i.id.id);
+        const done = (id) => { const d = drawn[chartIds.indexOf(id)]; return d && d.id === liveState.id; };
+        if (!(liveState.charts || []).every(done)) return noUpdate();
+        return new Promise((resolve) => requestAnimationFrame(() => resolve(liveState.n + " " + liveState.cursor)));
       },
 
       /* The cards' HTML (assets/markup.js), one a sensor of `latest` in its order: value, age, stale (no reading for
@@ -269,29 +295,34 @@
     return { changes: kept };
   }
 
-  /* The figures with a band over the time each of their alerts fired (assets/alerts.js shapes):
-   * a chart is given new bands when they differ from those it has (an alert fired or resolved,
-   * a history load replaced the figure), and an open band is stretched to now only when the
+  /* A chart's figure with a band over the time each of its alerts fired (assets/alerts.js
+   * shapes), null when it needs no redraw: `drawn` (the figure with a frame's points, or null)
+   * is given new bands when they differ from those it has (an alert fired or resolved, a
+   * history load replaced the figure), and an open band is stretched to now only when the
    * chart redraws anyway (a redraw costs more than the band's last fraction of a second). */
-  function withAlertBands(drawn, figures, chartIds, live, config, alertsLive, alertsHistory) {
+  function withAlertBands(drawn, figure, chartId, live, config, alertsLive, alertsHistory) {
     const alerting = window.dash_clientside.alerts;
-    const eps = alerting.episodes(alertsHistory, alertsLive);
     const now = Date.now();
     const from = live ? now - config.windowMs : -Infinity;
     // By name (episode and end): an open band's end moves with the clock, and a closed one's
     // start with the live window, neither worth a redraw of its own.
     const sign = (shapes) => shapes.map((s) => s.name).join(",");
     const isBand = (s) => String(s.name || "").startsWith("alert|");
-    return chartIds.map((chartId, c) => {
-      const figure = drawn[c] || figures[c];
-      if (!figure || !figure.layout) return null;
-      const shapes = alerting.shapes(eps, chartId, config.alertCharts, now, from, Infinity);
-      const current = figure.layout.shapes || [];
-      const same = sign(current.filter(isBand)) === sign(shapes);
-      if (same && !(drawn[c] && sign(shapes).includes("|open"))) return drawn[c];
-      const layout = Object.assign({}, figure.layout, { shapes: current.filter((s) => !isBand(s)).concat(shapes) });
-      return Object.assign({}, figure, { layout: layout });
-    });
+    const base = drawn || figure;
+    if (!base || !base.layout) return null;
+    const shapes = alerting.shapes(alerting.episodes(alertsHistory, alertsLive), chartId, config.alertCharts, now, from, Infinity);
+    const current = base.layout.shapes || [];
+    const same = sign(current.filter(isBand)) === sign(shapes);
+    if (same && !(drawn && sign(shapes).includes("|open"))) return drawn;
+    const layout = Object.assign({}, base.layout, { shapes: current.filter((s) => !isBand(s)).concat(shapes) });
+    return Object.assign({}, base, { layout: layout });
+  }
+
+  /* Run `task` when the page has nothing more urgent to do (input, timers, rendering come
+   * first): the Prioritized Task Scheduling API where the browser has it, else a timer. */
+  function inBackground(task) {
+    if (window.scheduler && window.scheduler.postTask) window.scheduler.postTask(task, { priority: "background" });
+    else setTimeout(task, 0);
   }
 
   /* What is out of range in a card's reading: the labels of the bands it breaks, or "". */

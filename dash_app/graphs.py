@@ -29,6 +29,8 @@ def layout() -> html.Div:
                 # The [start, end) this chart last read from the store (page range or zoom): what CSV exports.
                 dcc.Store(id={"type": "chart-range", "id": c.id}),
                 dcc.Store(id={"type": "chart-zoom", "id": c.id}),  # a zoom's x span, null for "reset axes"
+                dcc.Store(id={"type": "chart-part", "id": c.id}),  # its share of the last live frame (assets/live.js)
+                dcc.Store(id={"type": "chart-drawn", "id": c.id}),  # the live frame it drew last
             ])
             for c in CHARTS
         ],
@@ -200,10 +202,11 @@ def register(app, services: Services) -> None:
         Input("cursor", "data"), Input("tick", "n_intervals"),
         State("ws", "state"), State("ws", "url"), State("live-state", "data"),
     )
-    # Points reach the charts here, in the browser: no server callback runs per point.
+    # Points reach the charts here, in the browser: no server callback runs per point. A frame
+    # is split into a part per chart, and each chart draws its part in a task of its own.
     app.clientside_callback(
         ClientsideFunction("live", "frame"),
-        Output({"type": "chart", "id": ALL}, "figure", allow_duplicate=True),
+        Output({"type": "chart-part", "id": ALL}, "data"),
         Output("live-state", "data"),
         Output("latest", "data", allow_duplicate=True),
         Output("health", "data", allow_duplicate=True),
@@ -212,10 +215,22 @@ def register(app, services: Services) -> None:
         Input("ws", "message"),
         State({"type": "chart", "id": ALL}, "figure"), State("live-state", "data"), State("cursor", "data"),
         State("latest", "data"), State("health", "data"), State("reload", "data"), State("live-config", "data"),
-        State("alerts-live", "data"), State("alerts-history", "data"),
+        State("alerts-live", "data"),
         prevent_initial_call=True,
     )
-    app.clientside_callback(ClientsideFunction("live", "ack"), Output("ws", "send"), Input("live-state", "data"), prevent_initial_call=True)
+    app.clientside_callback(
+        ClientsideFunction("live", "draw"),
+        Output({"type": "chart", "id": MATCH}, "figure", allow_duplicate=True),
+        Output({"type": "chart-drawn", "id": MATCH}, "data"),
+        Input({"type": "chart-part", "id": MATCH}, "data"),
+        State({"type": "chart", "id": MATCH}, "figure"), State({"type": "chart-drawn", "id": MATCH}, "data"),
+        State("live-config", "data"), State("alerts-live", "data"), State("alerts-history", "data"),
+        prevent_initial_call=True,
+    )
+    app.clientside_callback(
+        ClientsideFunction("live", "ack"), Output("ws", "send"),
+        Input({"type": "chart-drawn", "id": ALL}, "data"), Input("live-state", "data"), prevent_initial_call=True,
+    )
 
 
 def export_csv(chart, frame: pd.DataFrame) -> str:
