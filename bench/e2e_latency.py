@@ -13,6 +13,10 @@ frame in which its series' line reaches its event time (the point itself, or a p
 when the chart draws buckets). Latency = that frame's time - the reading's `ts` (one clock: one
 machine). Readings are the store's rows for the measured window, once the writers have caught up.
 
+The stack's live window is `--window` seconds (60), and measuring starts once it is full: the
+store is empty when a run starts, and a chart's cost per redraw grows with its points until the
+window is full (LIVE_BUCKETS a series, the same at any window width).
+
 Rates are per sensor; `RATE:ROOMS:DEVICES` also sets the sensors: readings/s in total =
 RATE x (2 x ROOMS + DEVICES). RATE is at most 1000 (`ts` is in milliseconds), so the top rate,
 22,000 readings/s, uses 8 rooms and 6 devices.
@@ -170,11 +174,11 @@ def stored_series(stack, t0: int, t1: int) -> dict[str, list[tuple[int, float]]]
     return out
 
 
-def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: float, servers: Servers) -> dict:
+def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: float, window: int, servers: Servers) -> dict:
     per_sensor, rooms, devices = rate
     sensors = 2 * rooms + devices
     servers.reset()
-    with temporary_stack(PARTITIONS="3", **servers.settings) as stack:
+    with temporary_stack(PARTITIONS="3", LIVE_WINDOW_S=str(window), **servers.settings) as stack:
         run_all = stack.spawn(
             "pipeline.run", "all", "--rate", str(per_sensor), "--rooms", str(rooms), "--devices", str(devices),
             *(["--no-dashboard"] if page == "polling" else []), log_name="all",
@@ -263,7 +267,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="1,10,100,500,1000:8:6", help="RATE or RATE:ROOMS:DEVICES, comma-separated")
     parser.add_argument("--duration", type=float, default=60, help="seconds measured per rate and page")
-    parser.add_argument("--warmup", type=float, default=10, help="seconds after the page is live before measuring")
+    parser.add_argument("--warmup", type=float, default=10,
+                        help="seconds after the page is live before measuring; at least --window, so the live window is full")
+    parser.add_argument("--window", type=int, default=60,
+                        help="LIVE_WINDOW_S of the measured stack: a chart holds as many points once it is full as at the default "
+                             "300 s (LIVE_BUCKETS a series), and it fills in this time")
     parser.add_argument("--pages", default="websocket,polling", help="websocket (the product's page), polling (the baseline)")
     parser.add_argument("--quick", action="store_true", help="rates 1 and 100, 20 s each")
     parser.add_argument("--backend", default="sqlite", choices=["sqlite", "kafka+questdb"],
@@ -276,7 +284,7 @@ def main() -> None:
         for text in args.rates.split(","):
             for page in args.pages.split(","):
                 print(f"{page} page at --rate {text} for {args.duration:.0f}s ...", flush=True)
-                results.append(measure(page, parse_rate(text), args.duration, args.warmup, servers))
+                results.append(measure(page, parse_rate(text), args.duration, max(args.warmup, args.window), args.window, servers))
                 r = results[-1]
                 print(f"  p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, delivered {r['delivered_pct']:.1f} %", flush=True)
     headers = ["page", "readings/s", "delivered %", "p50 ms", "p95 ms", "p99 ms", "max ms", "p50 1st/last third",

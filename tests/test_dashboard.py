@@ -89,6 +89,9 @@ def test_history_then_live_points_match_the_store_without_loss(dashboard):
     # Read in the page: the cards are drawn anew every second, so an element handle can be stale when read.
     cards = duo.driver.execute_script("return [...document.querySelectorAll('.card-value')].map(c => c.textContent)")
     assert len(cards) == 4 + 4 + 3 and all(c not in ("", "–") for c in cards)
+    # The cards and the alerts panel are HTML built in the page: text and attributes are escaped.
+    built = duo.driver.execute_script("""return window.dash_clientside.markup.tag("p", {title: '"<x>'}, "<b>&")""")
+    assert built == '<p title="&quot;&lt;x&gt;">&lt;b&gt;&amp;</p>'
     assert duo.get_logs() == [], "browser console errors"
 
 
