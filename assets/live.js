@@ -2,17 +2,17 @@
  *
  * The server (dash_app/live.py) sends a frame with everything after the page's cursor; the page
  * draws it, each chart in a task of its own, and answers "<n> <cursor>"; only then does the
- * next frame come. Each series arrives
- * bucketed to about one pixel column: a line point (the bucket's last reading) and, where the
- * bucket spans values, its lowest and highest on its envelope trace, closed buckets first, then a
- * provisional `tail` for the open bucket that the next frame replaces. So a lone reading is
- * drawn at once, and however fast readings come a chart holds a few points per pixel column.
+ * next frame come. Each series arrives bucketed to about one pixel column: a line point (the
+ * bucket's last reading) and, where the bucket spans values, its lowest and highest on its
+ * envelope trace, closed buckets first, then a provisional `tail` for the open bucket that the
+ * next frame replaces. So a lone reading is drawn at once, and however fast readings come a
+ * chart holds a few points per pixel column.
  *
  * State lives in Dash props: the charts' `figure`, the `live-state` store (which history load
  * the stream continues, its cursor, its last frame and the charts that got a part of it), each
  * chart's `chart-part` (its share of that frame) and `chart-drawn` (the part it drew last and how
- * many tail points each of its traces holds), the `latest` store (the cards), the socket's `url` (it also
- * records when it was last opened).
+ * many tail points each of its traces holds), the `latest` store (the cards), the socket's `url`
+ * (it also records when it was last opened).
  */
 (function () {
   "use strict";
@@ -242,14 +242,15 @@
         if (!liveState || liveState.n === undefined) return noUpdate();
         const chartIds = window.dash_clientside.callback_context.inputs_list[0].map((i) => i.id.id);
         const done = (id) => { const d = drawn[chartIds.indexOf(id)]; return d && d.id === liveState.id; };
-        if (!(liveState.charts || []).every(done)) return noUpdate();
+        if (!liveState.charts.every(done)) return noUpdate();
         return new Promise((resolve) => requestAnimationFrame(() => resolve(liveState.n + " " + liveState.cursor)));
       },
 
-      /* The cards' HTML (assets/markup.js), one a sensor of `latest` in its order: value, age, stale (no reading for
-       * config.staleMs: "last seen …", class card-stale, counted in the header), a flag when the
-       * value is outside a chart's band, and the rules firing for its sensor (`firing`, from
-       * assets/alerts.js: class card-firing). Each card carries its sensor in `data-sensor`. */
+      /* The cards' HTML (assets/markup.js), one a sensor of `latest` in its order: value, age,
+       * stale (no reading for config.staleMs: "last seen …", class card-stale, counted in the
+       * header), a flag when the value is outside a chart's band, and the rules firing for its
+       * sensor (`firing`, from assets/alerts.js: class card-firing). Each card carries its
+       * sensor in `data-sensor`. */
       cards: function (_tick, _cursor, firing, latest, config) {
         const tag = window.dash_clientside.markup.tag;
         const now = Date.now();

@@ -1,7 +1,8 @@
 /* HTML for the parts of the page drawn whole as one string into a dash_extensions Purify (the
  * cards, the alerts panel). Drawn as Dash components made afresh on each update, each component
  * is a store update of its own as it mounts, and each store update is work for every component
- * on the page: the alerts panel's rows alone held the page's main thread long enough for a click to wait.
+ * on the page: the alerts panel's rows alone held the page's main thread long enough for a click
+ * to wait.
  */
 (function () {
   "use strict";
