@@ -11,7 +11,8 @@
  * State lives in Dash props: the charts' `figure`, the `live-state` store (which history load
  * the stream continues, its cursor, its last frame and the charts that got a part of it), each
  * chart's `chart-part` (its share of that frame) and `chart-drawn` (the part it drew last and how
- * many tail points each of its traces holds), the `latest` store (the cards), the socket's `url`
+ * many tail points each of its traces holds), the `latest` store (the cards), the `resolution`
+ * store (how coarse the page draws, and how long its frames take to draw), the socket's `url`
  * (it also records when it was last opened).
  */
 (function () {
@@ -22,11 +23,13 @@
   const RELOAD_MS = 2000;
   const ALERTS_KEEP_MS = 24 * 3600 * 1000; // the panel's "last 24 h"
   const ALERTS_KEPT = 2000;
+  const HOLD_MS = 10000; // a resolution is kept at least this long after its first frame
+  const MEAN_WEIGHT = 0.2; // of the newest frame in the running mean of drawing times
   const noUpdate = () => window.dash_clientside.no_update;
 
-  function socketUrl(since, load) {
+  function socketUrl(since, load, level) {
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-    const query = new URLSearchParams({ since: since, load: String(load), opened: String(Date.now()) });
+    const query = new URLSearchParams({ since: since, load: String(load), level: String(level), opened: String(Date.now()) });
     return scheme + window.location.host + "/ws/live?" + query;
   }
 
@@ -111,10 +114,10 @@
     return Object.assign({}, trace, { x: x, y: y, customdata: of });
   }
 
-  /* One chart's figure with a frame's points for its topic (`series`: meta -> points) added;
-   * null when the frame has nothing for it. `tails` (trace index -> how many tail points it
-   * holds) is updated in place. */
-  function drawChart(figure, series, tails, chart, config) {
+  /* One chart's figure with a frame's points for its topic (`series`: meta -> points, in the
+   * buckets of `level`: config.levels) added; null when the frame has nothing for it. `tails`
+   * (trace index -> how many tail points it holds) is updated in place. */
+  function drawChart(figure, series, tails, chart, config, level) {
     if (!figure || !series) return null;
     const cutoff = Date.now() - config.windowMs;
     const index = {};
@@ -132,11 +135,11 @@
       const i = index[meta];
       if (i === undefined) continue; // a series new to the chart: the frame handler asks for a history load
       data = data || figure.data.slice();
-      if (!envelope && tails[i]) reopened[meta] = bucketStart(data[i].x[data[i].x.length - 1], config.bucketMs);
-      [data[i], tails[i]] = extendTrace(data[i], tails[i] || 0, points, cutoff, config.gapMs, chart.scale);
+      if (!envelope && tails[i]) reopened[meta] = bucketStart(data[i].x[data[i].x.length - 1], level.bucketMs);
+      [data[i], tails[i]] = extendTrace(data[i], tails[i] || 0, points, cutoff, level.gapMs, chart.scale);
       const sid = envelope ? meta.slice(meta.indexOf("|") + 1) : meta;
       addOutside(marks, sid, points, chart.scale, config.limits[chart.topic + "|" + field], envelope,
-        marked[sid] || (marked[sid] = new Set()), config.bucketMs);
+        marked[sid] || (marked[sid] = new Set()), level.bucketMs);
     }
     const m = index[config.outsideMeta];
     if ((marks[0].length || Object.keys(reopened).length) && m !== undefined) data[m] = withMarks(data[m], marks, reopened, cutoff);
@@ -164,12 +167,12 @@
        * it from the stream's own cursor when it closed. */
       connect: function (cursor, _tick, wsState, url, liveState) {
         if (!cursor) return noUpdate();
-        if (urlParam(url, "load") !== String(cursor.load)) return socketUrl(cursor.cursor, cursor.load);
+        if (urlParam(url, "load") !== String(cursor.load)) return socketUrl(cursor.cursor, cursor.load, cursor.level);
         const closed = !wsState || wsState.readyState === WebSocket.CLOSED;
         const wait = wsState && wsState.code === BUSY ? BUSY_RETRY_MS : RECONNECT_MS;
         if (!closed || Date.now() - Number(urlParam(url, "opened")) < wait) return noUpdate();
         const since = liveState && liveState.load === cursor.load ? liveState.cursor : cursor.cursor;
-        return socketUrl(since, cursor.load);
+        return socketUrl(since, cursor.load, cursor.level);
       },
 
       /* Each frame: hand each chart its part (drawn by `draw`), merge the cards' values and the
@@ -203,7 +206,7 @@
         const parts = chartIds.map((id) => {
           const series = frame.traces[config.charts[id].topic] || null;
           if (!(series && cursor.live) && !alerts && !fresh) return noUpdate();
-          return { load: cursor.load, id: frameId, fresh: fresh, live: cursor.live, series: series };
+          return { load: cursor.load, id: frameId, fresh: fresh, live: cursor.live, level: cursor.level, series: series };
         });
         return [
           parts,
@@ -228,7 +231,7 @@
           if (current && current.props.figure !== figure) return resolve([noUpdate(), { load: part.load, id: part.id, tails: {} }]);
           const same = !part.fresh && drawn && drawn.load === part.load;
           const tails = same ? Object.assign({}, drawn.tails) : {};
-          const extended = part.live ? drawChart(figure, part.series, tails, config.charts[chartId], config) : null;
+          const extended = part.live ? drawChart(figure, part.series, tails, config.charts[chartId], config, config.levels[part.level]) : null;
           const banded = withAlertBands(extended, figure, chartId, part.live, config, alertsLive, alertsHistory);
           resolve([banded || noUpdate(), { load: part.load, id: part.id, tails: tails }]);
         }));
@@ -237,13 +240,26 @@
       /* Ask for the next frame once every chart has drawn this one and it is on screen: a frame
        * asked for any sooner would wait behind those redraws and carry readings that are already
        * old when it is drawn. Under load the readings that come meanwhile share the next frame,
-       * drawn at the same cost (a chart holds a few points per pixel column). */
-      ack: function (drawn, liveState) {
-        if (!liveState || liveState.n === undefined) return noUpdate();
+       * drawn at the same cost (a chart holds a few points per pixel column).
+       * How long the frame took from its arrival to the screen also sets the page's resolution
+       * (`resolution`, see nextResolution): a change of it reloads the history in the new
+       * resolution's buckets, and the stream continues in them. */
+      ack: function (drawn, liveState, resolution, cursor, config) {
+        const none = [noUpdate(), noUpdate(), noUpdate()];
+        if (!liveState || liveState.n === undefined) return none;
         const chartIds = window.dash_clientside.callback_context.inputs_list[0].map((i) => i.id.id);
         const done = (id) => { const d = drawn[chartIds.indexOf(id)]; return d && d.id === liveState.id; };
-        if (!liveState.charts.every(done)) return noUpdate();
-        return new Promise((resolve) => requestAnimationFrame(() => resolve(liveState.n + " " + liveState.cursor)));
+        if (!liveState.charts.every(done)) return none;
+        // Timed: frames that drew a chart, not a connection's first (it draws the whole history),
+        // drawn live at the resolution the page asked for (not while its history reloads).
+        const level = resolution ? resolution.level : 0;
+        const timed = liveState.n > 0 && liveState.charts.length > 0 && cursor && cursor.live && cursor.load === liveState.load
+          && cursor.level === level;
+        return new Promise((resolve) => requestAnimationFrame(() => {
+          const next = timed ? nextResolution(resolution, performance.now() - liveState.id, Date.now(), config) : null;
+          const reload = next && next.level !== level ? Date.now() : noUpdate();
+          resolve([liveState.n + " " + liveState.cursor, next || noUpdate(), reload]);
+        }));
       },
 
       /* The cards' HTML (assets/markup.js), one a sensor of `latest` in its order: value, age,
@@ -317,6 +333,25 @@
     if (same && !(drawn && sign(shapes).includes("|open"))) return drawn;
     const layout = Object.assign({}, base.layout, { shapes: current.filter((s) => !isBand(s)).concat(shapes) });
     return Object.assign({}, base, { layout: layout });
+  }
+
+  /* The page's resolution after a frame that took `drawMs` to draw: {level (an index into
+   * config.levels, finest first), busy (the running mean of drawing times at that level), since
+   * (its first frame)}. Once a level has been kept HOLD_MS, a mean over config.drawBudgetMs
+   * takes as many steps coarser as halving the points per step would need to meet the budget;
+   * a mean under a quarter of it takes one step finer (a step doubles the points: the hysteresis
+   * keeps the page from going back and forth). */
+  function nextResolution(resolution, drawMs, now, config) {
+    const level = resolution ? resolution.level : 0;
+    if (!resolution || resolution.busy === null) return { level: level, busy: drawMs, since: now };
+    const busy = resolution.busy + MEAN_WEIGHT * (drawMs - resolution.busy);
+    const budget = config.drawBudgetMs;
+    let next = level;
+    if (now - resolution.since >= HOLD_MS) {
+      if (busy > budget) next = Math.min(config.levels.length - 1, level + Math.ceil(Math.log2(busy / budget)));
+      else if (busy < budget / 4) next = Math.max(0, level - 1);
+    }
+    return next === level ? { level: level, busy: busy, since: resolution.since } : { level: next, busy: null, since: now };
   }
 
   /* Run `task` when the page has nothing more urgent to do (input, timers, rendering come

@@ -217,6 +217,11 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
             time.sleep(3)  # readings from just before t1 still travelling
             records += take(driver, wait=60)[0]
             drawn = {key: (xs, ys) for key, xs, ys in driver.execute_script(TRACES)}
+            # The resolution the page ended at (it draws coarser where drawing is slow), and when
+            # it last loaded history: buckets from then on are the live stream's.
+            level, loaded_last = driver.execute_script(
+                "const c = window.dash_component_api.getLayout('cursor').props.data; return [c.level, c.load];",
+            ) if page == "websocket" else (0, 0)
         finally:
             driver.quit()
         # The writers have caught up when the stored count stops moving.
@@ -244,7 +249,9 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
     latencies.sort()
     values = [lat for _, lat in latencies]
     third = max(1, len(values) // 3)
-    exact, checked = bucket_check(drawn, stored, cfg.live_bucket_ms, loaded + 5000, t1 - 2000)
+    width = cfg.live_levels[level][1]
+    # From t0: the store's readings are those from t0 on, so a bucket that began before holds only part of its own.
+    exact, checked = bucket_check(drawn, stored, width, max(t0, max(loaded, loaded_last // 1_000_000) + 5000), t1 - 2000)
     expected = sensors * per_sensor * (t1 - t0) / 1000
     seconds = (t1 - t0) / 1000
     cpu = meter.cores(seconds)
@@ -254,7 +261,7 @@ def measure(page: str, rate: tuple[float, int, int], duration: float, warmup: fl
         "p50_ms": percentile(values, 50), "p95_ms": percentile(values, 95), "p99_ms": percentile(values, 99),
         "max_ms": max(values, default=float("nan")),
         "p50_first_third_ms": percentile(values[:third], 50), "p50_last_third_ms": percentile(values[-third:], 50),
-        "buckets_exact_pct": 100.0 * exact / checked if checked else None, "buckets_checked": checked,
+        "buckets_exact_pct": 100.0 * exact / checked if checked else None, "buckets_checked": checked, "bucket_ms": width,
         "stored_pct": 100.0 * sum(len(v) for k, v in stored.items() if k.startswith(("temperature ", "humidity ", "cpu "))) / expected,
         "cpu_browser": cpu["browser"], "cpu_dashboard": cpu["dashboard"], "cpu_broker": cpu["broker"],
         "input_delay_p50_ms": percentile(delays, 50), "input_delay_p99_ms": percentile(delays, 99),
@@ -288,13 +295,13 @@ def main() -> None:
                 r = results[-1]
                 print(f"  p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, delivered {r['delivered_pct']:.1f} %", flush=True)
     headers = ["page", "readings/s", "delivered %", "p50 ms", "p95 ms", "p99 ms", "max ms", "p50 1st/last third",
-               "input delay p50/p99/max ms", "dashboard lag median/max", "buckets exact %", "stored %", "CPU browser", "CPU dashboard", "CPU broker"]
+               "input delay p50/p99/max ms", "dashboard lag median/max", "bucket ms", "buckets exact %", "stored %", "CPU browser", "CPU dashboard", "CPU broker"]
     rows = [
         [r["page"], r["readings_per_s"], r["delivered_pct"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["max_ms"],
          f"{r['p50_first_third_ms']:.0f} / {r['p50_last_third_ms']:.0f}",
          f"{r['input_delay_p50_ms']:.0f} / {r['input_delay_p99_ms']:.0f} / {r['input_delay_max_ms']:.0f}",
          "-" if r["dashboard_lag_median"] is None else f"{r['dashboard_lag_median']:,.0f} / {r['dashboard_lag_max']:,}",
-         r["buckets_exact_pct"], r["stored_pct"], r["cpu_browser"], r["cpu_dashboard"], r["cpu_broker"]]
+         r["bucket_ms"], r["buckets_exact_pct"], r["stored_pct"], r["cpu_browser"], r["cpu_dashboard"], r["cpu_broker"]]
         for r in results
     ]
     print_table(headers, rows, title="Event time -> first animation frame that draws the reading, real page of `run all`")

@@ -14,7 +14,7 @@ from pipeline.daemon import PARENT_ENV, setup_logging, stop_event
 # The settings the dashboard reads (all of them are environment variables: docs/configuration.md).
 READS = ("DASH_HOST", "DASH_PORT", "DASH_ALLOWED_HOSTS", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CLIENT_CONFIG", "BROKER_PORT", "STORE_URL",
          "QUESTDB_PG_URL",
-         "LIVE_WINDOW_S", "LIVE_MAX_POINTS", "LIVE_BUCKETS", "LIVE_MAX_PAGES", "LOG_LEVEL")
+         "LIVE_WINDOW_S", "LIVE_MAX_POINTS", "LIVE_BUCKETS", "LIVE_DRAW_BUDGET_MS", "LIVE_MAX_PAGES", "LOG_LEVEL")
 PORT_WAIT_S = 10.0
 
 

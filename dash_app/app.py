@@ -66,7 +66,10 @@ def create_app(services: Services) -> Dash:
             hang_up(ws)
             return
         try:
-            serve_frames(ws, services.ring, services.health, request.args.get("since"), services.cfg.live_bucket_ms, hangup)
+            # In the buckets of the resolution the page's history was drawn at (graphs.load).
+            level = request.args.get("level", "")
+            width = services.cfg.live_levels[graphs.live_level(services, int(level) if level.isdigit() else None)][1]
+            serve_frames(ws, services.ring, services.health, request.args.get("since"), width, hangup)
         finally:
             services.pages.leave(ws)
             hang_up(ws)
@@ -84,7 +87,7 @@ def sensor_layout(services: Services, query: dict | None = None) -> html.Div:
         children=[
             html.Header(
                 className="header", children=[
-                    html.H1("Sensors"), status.layout(), cards.stale_count(), html.Span(id="notice", className="notice"),
+                    html.H1("Sensors"), status.layout(), cards.stale_count(), html.Span(id="notice", className="notice"), html.Span(id="coarse", className="notice"),
                     controls.layout(query or {}),
                 ]
             ),
@@ -96,6 +99,7 @@ def sensor_layout(services: Services, query: dict | None = None) -> html.Div:
             dcc.Store(id="cursor"),
             dcc.Store(id="live-state"),
             dcc.Store(id="reload", data=0),
+            dcc.Store(id="resolution"),  # the page's live resolution and its drawing time (assets/live.js)
             dcc.Store(id="latest"),
             dcc.Store(id="health"),
             dcc.Store(id="live-config", data=graphs.live_config(services)),

@@ -42,9 +42,14 @@ def interval_ms(services: Services) -> float:
     return 1000 / services.cfg.rate
 
 
-def live_aggregates(services: Services) -> bool:
-    """Whether a live bucket holds several readings of a series: its envelope is then drawn."""
-    return interval_ms(services) < services.cfg.live_bucket_ms
+def live_aggregates(services: Services, width_ms: int) -> bool:
+    """Whether a live bucket `width_ms` wide holds several readings of a series: its envelope is then drawn."""
+    return interval_ms(services) < width_ms
+
+
+def live_level(services: Services, level) -> int:
+    """A page's resolution (an index into Config.live_levels); the finest for anything else."""
+    return level if isinstance(level, int) and 0 <= level < len(services.cfg.live_levels) else 0
 
 
 def live_config(services: Services) -> dict:
@@ -59,10 +64,11 @@ def live_config(services: Services) -> dict:
         "cards": cards.CARD_FIELDS,
         "cardTitles": cards.TITLES,
         "windowMs": services.cfg.live_window_s * 1000,
-        # The gap rule of figures.py for live points: raw at RATE, or bucketed to the live buckets.
-        "gapMs": gap_threshold_ms(interval_ms(services), services.cfg.live_bucket_ms),
+        # Per resolution (Config.live_levels): its bucket width and the gap rule of figures.py
+        # for live points, raw at RATE or bucketed to that width.
+        "levels": [{"bucketMs": width, "gapMs": gap_threshold_ms(interval_ms(services), width)} for _, width in services.cfg.live_levels],
+        "drawBudgetMs": services.cfg.live_draw_budget_ms,
         "staleMs": cards.stale_after_ms(interval_ms(services)),
-        "bucketMs": services.cfg.live_bucket_ms,
         "limits": limits,
         "outsideMeta": OUTSIDE_ID,
         "alertCharts": alerts.alert_charts(services.cfg),
@@ -88,12 +94,14 @@ def register(app, services: Services) -> None:
         Output("cursor", "data"),
         Output("latest", "data"),
         Output("health", "data"),
+        Output("coarse", "children"),
         Input("range", "value"),
         Input("custom-dates", "start_date"),
         Input("custom-dates", "end_date"),
         Input("reload", "data"),
+        State("resolution", "data"),
     )
-    def load(choice, start_date, end_date, _reload):
+    def load(choice, start_date, end_date, _reload, resolution):
         try:
             start, end = controls.window(choice, start_date, end_date, int(time.time() * 1000), cfg.live_window_s)
         except controls.BadRange as exc:
@@ -101,13 +109,15 @@ def register(app, services: Services) -> None:
             raise PreventUpdate from None
         set_props("notice", {"children": ""})
         live = choice == "live"
-        # Live charts are drawn at one bucket per pixel column (LIVE_BUCKETS); so is their history,
-        # in the live stream's own buckets (LIVE_BUCKETS + 1 points: the store cuts the window
-        # into buckets of exactly cfg.live_bucket_ms).
-        aggregates = live and live_aggregates(services)
-        points = cfg.live_buckets + 1 if live else cfg.live_max_points
+        # Live charts are drawn at about one bucket per pixel column (LIVE_BUCKETS), or at the
+        # coarser resolution the page asked for when its drawing was slow (assets/live.js); so
+        # is their history, in the live stream's own buckets (the store cuts the window read in
+        # `points` into buckets of exactly `width`: Config.live_levels).
+        level = live_level(services, (resolution or {}).get("level")) if live else 0
+        points, width = cfg.live_levels[level] if live else (cfg.live_max_points, 0)
+        aggregates = live and live_aggregates(services, width)
         snap = history.snapshot(services.store, services.ring, services.health, start, end, points, with_ring=live,
-                                live_bucket_ms=cfg.live_bucket_ms if aggregates else 0)
+                                live_bucket_ms=width if aggregates else 0)
         note = "store unreachable: showing live points only" if snap.error else None
         step = range_bucket_ms(start, end, points)
         figures = {
@@ -119,8 +129,9 @@ def register(app, services: Services) -> None:
         latest = history.latest(services.store, snap.ring_frames)
         # `load` tells the page this is a new history even when the stream has not moved since.
         shown = None if live else controls.describe(choice, start, end)
-        cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "shown": shown, "error": snap.error}
-        return [figures[c.id] for c in CHARTS], [shown_range] * len(CHARTS), cursor, latest, services.health.as_dict()
+        cursor = {"cursor": snap.cursor, "load": time.time_ns(), "live": live, "shown": shown, "error": snap.error, "level": level}
+        coarse = f"drawn in {width / 1000:g} s buckets: redraws were slow" if level else ""
+        return [figures[c.id] for c in CHARTS], [shown_range] * len(CHARTS), cursor, latest, services.health.as_dict(), coarse
 
     # Plotly reports every relayout (a chart's first drawing, a resize), not only zooms: only a
     # zoom outside live mode goes to the server, so a page whose server is away (restarting)
@@ -228,8 +239,11 @@ def register(app, services: Services) -> None:
         prevent_initial_call=True,
     )
     app.clientside_callback(
-        ClientsideFunction("live", "ack"), Output("ws", "send"),
-        Input({"type": "chart-drawn", "id": ALL}, "data"), Input("live-state", "data"), prevent_initial_call=True,
+        ClientsideFunction("live", "ack"),
+        Output("ws", "send"), Output("resolution", "data"), Output("reload", "data", allow_duplicate=True),
+        Input({"type": "chart-drawn", "id": ALL}, "data"), Input("live-state", "data"),
+        State("resolution", "data"), State("cursor", "data"), State("live-config", "data"),
+        prevent_initial_call=True,
     )
 
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.store.base import bucket_ms
+from pipeline.store.base import bucket_ms, range_bucket_ms
 
 EXIT_CONFIG = 2  # the exit code of a refused setting (and of a port in use): not worth restarting
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -120,6 +120,10 @@ class Config(BaseSettings):
     live_buckets: int = _count(
         600, "Horizontal resolution of a live chart, about one bucket per pixel column: the live window is cut into this many "
         "time buckets, and a series faster than one reading per bucket is drawn as each bucket's last reading over its lowest-to-highest envelope.")
+    live_draw_budget_ms: int = _count(
+        100, "Longest a live page may take to draw a frame, on average, before it asks for coarser buckets (half as many a "
+        "step, up to 8 times fewer than LIVE_BUCKETS): where the browser lacks the CPU, resolution drops, not timeliness. "
+        "It asks for finer ones again once drawing takes under a quarter of this.")
     live_max_pages: int = _count(
         50, "Most pages one dashboard process streams to at once (each holds a websocket and a server thread); "
         "a page over the limit is told so and retries.")
@@ -192,6 +196,21 @@ class Config(BaseSettings):
         """Width of a live bucket: the live window cut as a store cuts it into LIVE_BUCKETS + 1
         points, so a live history read with that many points comes in exactly these buckets."""
         return bucket_ms(0, self.live_window_s * 1000, self.live_buckets + 1)
+
+    @property
+    def live_levels(self) -> list[tuple[int, int]]:
+        """The resolutions a live page draws at, finest first, as (points, bucket width): the live
+        window cut into LIVE_BUCKETS buckets, then half, a quarter and an eighth as many, each
+        width one that a store reading the window in that many points cuts exactly (under 10 s:
+        range_bucket_ms rounds wider ones). The page takes a coarser one when drawing is slow."""
+        window = self.live_window_s * 1000
+        levels = [(self.live_buckets + 1, self.live_bucket_ms)]
+        for fewer in (2, 4, 8):
+            points = max(2, self.live_buckets // fewer) + 1
+            width = bucket_ms(0, window, points)
+            if width > levels[-1][1] and width == range_bucket_ms(0, window, points):
+                levels.append((points, width))
+        return levels
 
     @property
     def kafka_client_properties(self) -> dict[str, str]:

@@ -119,19 +119,13 @@ def test_dropped_websocket_reconnects_from_its_cursor_without_a_hole(dashboard):
     assert duo.get_logs() == [], "browser console errors"
 
 
-@pytest.mark.parametrize("pipeline", [40], indirect=True)
-def test_fast_series_are_drawn_as_each_buckets_last_reading_over_its_envelope(dashboard):
-    """At 40 readings/s per sensor a live bucket (LIVE_WINDOW_S / LIVE_BUCKETS = 500 ms) holds ~20
-    readings; each closed bucket drawn must be exactly the store's last reading on the line and
-    its lowest to highest as the envelope's segment."""
-    duo, services = dashboard
-    duo.wait_for_text_to_equal("#status", "live", timeout=30)
-    wait_for(lambda: len(browser_series(duo)) >= len(CHARTS), 20, "history in every chart")
-    start = int(time.time() * 1000) + 1000  # the first live bucket may keep points of the history before it
-    wait_for(lambda: time.time() * 1000 > start + 8000, 15, "8 s of live buckets")
-    end = int(time.time() * 1000) - 1000  # the open bucket is still provisional
+def assert_buckets_exact(duo, services, width: int, start: int, seconds: float) -> dict:
+    """Each closed `width` bucket drawn from `start` on, over `seconds` of live buckets, is
+    exactly the store's: its last reading on the line, its lowest to highest as the envelope's
+    segment. Returns the traces drawn ("<chart> <meta>" -> (xs, ys))."""
+    wait_for(lambda: time.time() * 1000 > start + seconds * 1000, seconds + 10, f"{seconds:g} s of live buckets")
+    end = int(time.time() * 1000) - 2 * width  # the open bucket is still provisional
     drawn = {key: (xs, ys) for key, xs, ys in duo.driver.execute_script(TRACES)}
-    width = services.cfg.live_bucket_ms
     charts = {c.id: c for c in CHARTS}
     series = [k for k in drawn if " !" not in k]  # lines, not envelopes
     with open_store(services.cfg.store_url) as store:
@@ -150,8 +144,47 @@ def test_fast_series_are_drawn_as_each_buckets_last_reading_over_its_envelope(da
         exact, checked = bucket_check(drawn, stored(), width, start, end)
     assert checked >= 10 * len(series), f"only {checked} buckets checked"
     assert exact == checked, f"{checked - exact} of {checked} buckets differ from the store"
+    return drawn
+
+
+@pytest.mark.parametrize("pipeline", [40], indirect=True)
+def test_fast_series_are_drawn_as_each_buckets_last_reading_over_its_envelope(dashboard):
+    """At 40 readings/s per sensor a live bucket (LIVE_WINDOW_S / LIVE_BUCKETS = 500 ms) holds ~20
+    readings; each closed bucket drawn must be exactly the store's last reading on the line and
+    its lowest to highest as the envelope's segment."""
+    duo, services = dashboard
+    duo.wait_for_text_to_equal("#status", "live", timeout=30)
+    wait_for(lambda: len(browser_series(duo)) >= len(CHARTS), 20, "history in every chart")
+    # From the second after: the first live bucket may keep points of the history before it.
+    drawn = assert_buckets_exact(duo, services, services.cfg.live_bucket_ms, int(time.time() * 1000) + 1000, 8)
     points = max(len(x) for x, _ in drawn.values())
     assert points < 3 * 600 + 2000, "a trace holds more points than its pixel columns can show"
+
+
+@pytest.fixture
+def slow_drawing(stack):
+    stack.env["LIVE_DRAW_BUDGET_MS"] = "1"  # no frame is drawn that fast: the page goes coarse
+    stack.env["LIVE_WINDOW_S"] = "60"  # the coarsest buckets 800 ms wide: a dozen in 10 s
+    return stack
+
+
+@pytest.mark.parametrize("pipeline", [40], indirect=True)
+def test_a_page_that_draws_slowly_draws_coarser_buckets_exactly(slow_drawing, dashboard):
+    """A page whose frames take longer to draw than LIVE_DRAW_BUDGET_MS reloads its history in
+    fewer, wider buckets and streams in them (Config.live_levels), says so, and each bucket it
+    draws is still exactly the store's."""
+    duo, services = dashboard
+    levels = services.cfg.live_levels
+    assert [width for _, width in levels] == [100, 200, 400, 800]
+    duo.wait_for_text_to_equal("#status", "live", timeout=30)
+    cursor = lambda: duo.driver.execute_script("return window.dash_component_api.getLayout('cursor').props.data")
+    # Several steps at once (the mean is hundreds of times the budget), after a level's hold.
+    wait_for(lambda: cursor()["level"] == len(levels) - 1, 60, "the coarsest resolution")
+    duo.wait_for_text_to_equal("#coarse", "drawn in 0.8 s buckets: redraws were slow", timeout=10)
+    assert "level=3" in duo.driver.execute_script("return window.dash_component_api.getLayout('ws').props.url")
+    duo.wait_for_text_to_equal("#status", "live", timeout=10)
+    assert_buckets_exact(duo, services, levels[-1][1], cursor()["load"] // 1_000_000 + 1000, 12)
+    assert duo.get_logs() == [], "browser console errors"
 
 
 @pytest.fixture
