@@ -25,6 +25,7 @@
   const ALERTS_KEPT = 2000;
   const HOLD_MS = 10000; // a resolution is kept at least this long after its first frame
   const MEAN_WEIGHT = 0.2; // of the newest frame in the running mean of drawing times
+  const PAINT_WAIT_MS = 1000; // a page being painted gets its next animation frame far sooner
   const noUpdate = () => window.dash_clientside.no_update;
 
   function socketUrl(since, load, level) {
@@ -251,12 +252,16 @@
         const done = (id) => { const d = drawn[chartIds.indexOf(id)]; return d && d.id === liveState.id; };
         if (!liveState.charts.every(done)) return none;
         // Timed: frames that drew a chart, not a connection's first (it draws the whole history),
-        // drawn live at the resolution the page asked for (not while its history reloads).
+        // drawn live at the resolution the page asked for (not while its history reloads), on a
+        // page in view (a hidden one is not painted: the animation frame waits until it shows).
         const level = resolution ? resolution.level : 0;
         const timed = liveState.n > 0 && liveState.charts.length > 0 && cursor && cursor.live && cursor.load === liveState.load
-          && cursor.level === level;
+          && cursor.level === level && !document.hidden;
+        const asked = performance.now();
         return new Promise((resolve) => requestAnimationFrame(() => {
-          const next = timed ? nextResolution(resolution, performance.now() - liveState.id, Date.now(), config) : null;
+          const now = performance.now();
+          const painted = now - asked < PAINT_WAIT_MS;
+          const next = timed && painted ? nextResolution(resolution, now - liveState.id, Date.now(), config) : null;
           const reload = next && next.level !== level ? Date.now() : noUpdate();
           resolve([liveState.n + " " + liveState.cursor, next || noUpdate(), reload]);
         }));
@@ -338,7 +343,8 @@
   /* The page's resolution after a frame that took `drawMs` to draw: {level (an index into
    * config.levels, finest first), busy (the running mean of drawing times at that level), since
    * (its first frame)}. Once a level has been kept HOLD_MS, a mean over config.drawBudgetMs
-   * takes as many steps coarser as halving the points per step would need to meet the budget;
+   * takes as many steps coarser as halving the points per step would need to meet the budget,
+   * where the level's buckets hold several readings (a raw series drawn coarser is no cheaper);
    * a mean under a quarter of it takes one step finer (a step doubles the points: the hysteresis
    * keeps the page from going back and forth). */
   function nextResolution(resolution, drawMs, now, config) {
@@ -348,7 +354,8 @@
     const budget = config.drawBudgetMs;
     let next = level;
     if (now - resolution.since >= HOLD_MS) {
-      if (busy > budget) next = Math.min(config.levels.length - 1, level + Math.ceil(Math.log2(busy / budget)));
+      const fewer = config.levels[level].aggregates; // else coarser buckets would hold as many points, or more
+      if (busy > budget && fewer) next = Math.min(config.levels.length - 1, level + Math.ceil(Math.log2(busy / budget)));
       else if (busy < budget / 4) next = Math.max(0, level - 1);
     }
     return next === level ? { level: level, busy: busy, since: resolution.since } : { level: next, busy: null, since: now };

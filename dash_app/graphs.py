@@ -64,9 +64,11 @@ def live_config(services: Services) -> dict:
         "cards": cards.CARD_FIELDS,
         "cardTitles": cards.TITLES,
         "windowMs": services.cfg.live_window_s * 1000,
-        # Per resolution (Config.live_levels): its bucket width and the gap rule of figures.py
-        # for live points, raw at RATE or bucketed to that width.
-        "levels": [{"bucketMs": width, "gapMs": gap_threshold_ms(interval_ms(services), width)} for _, width in services.cfg.live_levels],
+        # Per resolution (Config.live_levels): its bucket width, the gap rule of figures.py for
+        # live points (raw at RATE or bucketed to that width), and whether its buckets hold
+        # several readings (only then do fewer buckets mean fewer points to draw).
+        "levels": [{"bucketMs": width, "gapMs": gap_threshold_ms(interval_ms(services), width), "aggregates": live_aggregates(services, width)}
+                   for _, width in services.cfg.live_levels],
         "drawBudgetMs": services.cfg.live_draw_budget_ms,
         "staleMs": cards.stale_after_ms(interval_ms(services)),
         "limits": limits,
