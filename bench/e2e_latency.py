@@ -25,8 +25,9 @@ The same is measured on a page that polls a server callback with dcc.Interval ev
 (bench/polling_app.py, all four charts, raw points by extendData): the baseline to beat.
 Also printed: the input delay (how late a 50 ms timer fires on the page's main thread: how long
 a click waits), the dashboard's own consumer lag as its /pipeline page shows it (sampled every
-2 s), delivered share, the share of closed buckets drawn exactly as the store holds them
-(the last reading on the line, lowest to highest as the envelope's segment), stored/expected readings (did the writers keep up), and the CPU of the
+2 s), delivered share, the bucket width the page ended at (it draws coarser buckets where its
+redraws are slow: LIVE_DRAW_BUDGET_MS), the share of closed buckets drawn exactly as the store
+holds them at that width (the last reading on the line, lowest to highest as the envelope's segment), stored/expected readings (did the writers keep up), and the CPU of the
 browser, the dashboard and the broker.
 """
 from __future__ import annotations
