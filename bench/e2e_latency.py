@@ -96,7 +96,9 @@ def take(driver, wait: float = 0) -> tuple[list, list]:
 
 def dashboard_lag(base_url: str) -> int | None:
     """The dashboard's own consumer lag (messages), as its /pipeline page shows it: the newest
-    point of its group's line in the lag chart (the last element of the page's view)."""
+    point of its group's line in the lag chart (the last element of the page's view). The feed
+    reads in a new group after each renewal of the embedded broker: the line that goes furthest
+    is the current group's."""
     from dash_app.pipeline_page import VIEW_PATH
 
     try:
@@ -104,8 +106,8 @@ def dashboard_lag(base_url: str) -> int | None:
             figure = json.loads(answer.read())[-1]
     except (OSError, ValueError):
         return None
-    ys = [t["y"] for t in figure.get("data", []) if str(t.get("name", "")).startswith("dashboard-") and t.get("y")]
-    return ys[0][-1] if ys else None
+    lines = [t for t in figure.get("data", []) if str(t.get("name", "")).startswith("dashboard-") and t.get("y")]
+    return max(lines, key=lambda t: t["x"][-1])["y"][-1] if lines else None
 
 
 def parse_rate(text: str) -> tuple[float, int, int]:
