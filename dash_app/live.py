@@ -42,6 +42,10 @@ HEARTBEAT_S = 1.0  # idle connections still get a frame this often: it carries t
 ACK_TIMEOUT_S = 60  # a page that has not answered a frame for this long is gone
 START_MARGIN_MS = 10_000  # the ring starts this long before the process did
 SEEK_RETRY_S = 5.0  # how long a new assignment retries finding its resume offsets
+# How long the feed keeps taking messages after the first: a producer's tick reaches the broker
+# one partition at a time (librdkafka sends a request per partition), a millisecond or two apart,
+# and a frame that carried only part of a tick made the rest wait for that whole frame's drawing.
+GATHER_S = 0.003
 FEED_TOPICS = [*TOPICS, ALERTS_TOPIC]
 
 
@@ -190,10 +194,10 @@ class LiveFeed(threading.Thread):
         last_check = last_follow = 0.0
         try:
             while not self.stopping.is_set():
-                # Block for the first message only, then take what has already arrived: a
-                # lone reading goes straight on instead of waiting out a batch timeout.
+                # Block for the first message, then take what arrives within GATHER_S: a lone
+                # tick goes on whole and at once instead of waiting out a batch timeout.
                 first = consumer.poll(0.02 if leaving else 0.1)
-                messages = [first, *consumer.consume(num_messages=10_000, timeout=0)] if first else []
+                messages = [first, *consumer.consume(num_messages=10_000, timeout=GATHER_S)] if first else []
                 for other in [*(old for old, _ in leaving), *([self.bridge] if self.bridge else [])]:
                     messages += other.consume(num_messages=10_000, timeout=0)
                 batch = self._rows(messages)
