@@ -22,14 +22,23 @@ REPORT_S = 10.0
 RETIRE_S = 3.0  # after a broker switch, how long the old client may deliver before its rest is re-sent
 REPLAY_S = 15.0  # after a broker crash, the last seconds of readings sent again to the new broker (a replacement took up to 7 s on a loaded machine)
 STOP_FLUSH_S = 60.0  # longest a stopping producer waits for the broker to take its queue
-# One produce request in flight per broker connection: whatever accumulates while it is out goes
-# into the next request, so when the broker answers slowly batches grow instead of the queue.
-# With librdkafka's default (a million in flight) it sends a request every linger.ms whatever the
-# broker's latency; once the embedded broker took longer than that to answer (a busy machine, a
-# broker holding more), the queue grew without bound: measured side by side, two brokers under the
-# same 550 msg/s on a loaded 2-core machine, 19,100 readings queued after 150 s with the default,
-# at most 809 with one in flight. Fewer, larger batches also cost the embedded broker less per fetch.
-CLIENT = {"max.in.flight.requests.per.connection": 1}
+
+
+def client_settings(cfg: Config) -> dict:
+    """As many produce requests in flight per broker connection as the topic has partitions.
+
+    librdkafka sends a request per partition: with one in flight, a tick's partitions reached the
+    broker one round trip after another, and the dashboard drew a tick in parts, the last part a
+    whole page frame later (docs/performance.md). Not librdkafka's default (a million): then it
+    sends a request every linger.ms whatever the broker's latency, and once the embedded broker
+    took longer than that to answer (a busy machine, a broker holding more), the queue grew
+    without bound (two brokers under the same 550 msg/s on a loaded 2-core machine: 19,100
+    readings queued after 150 s with the default, at most 809 with one in flight). With few in
+    flight, what accumulates while they are out goes into the next requests: when the broker is
+    slow, batches grow instead of the queue. A retried request may land after a later one
+    (idempotence is off, see kafka.producer): the store upserts, and the live page, which draws
+    only readings newer than its last, shows it on its next history load."""
+    return {"max.in.flight.requests.per.connection": cfg.partitions}
 
 
 def sensors(spec: Topic, cfg: Config) -> list[tuple[str, Callable[[int], dict]]]:
@@ -69,7 +78,7 @@ class _Outbox:
         self.cfg, self.spec, self.log = cfg, spec, log
         self.record = read_address(cfg) if cfg.embedded_broker else None
         self.address = current_address(cfg)
-        self.current = kafka.producer(cfg, f"producer-{spec.name}", bootstrap=self.address, overrides=CLIENT)
+        self.current = kafka.producer(cfg, f"producer-{spec.name}", bootstrap=self.address, overrides=client_settings(cfg))
         self.retiring: list[tuple[Producer, float]] = []
         self.recent: deque[tuple[float, bytes, bytes]] = deque()  # (monotonic, key, value) for replay
         self.sent = self.failed = self.resent = 0
@@ -119,7 +128,7 @@ class _Outbox:
                       f"; re-sending the last {REPLAY_S:.0f}s of readings" if record.get("replay") else "")
         self.retiring.append((self.current, time.monotonic() + (0 if record.get("replay") else RETIRE_S)))
         self.address, self.record = record["address"], record
-        self.current = kafka.producer(self.cfg, f"producer-{self.spec.name}", bootstrap=self.address, overrides=CLIENT)
+        self.current = kafka.producer(self.cfg, f"producer-{self.spec.name}", bootstrap=self.address, overrides=client_settings(self.cfg))
         if record.get("replay"):
             for _t, key, value in list(self.recent):
                 self._produce(key, value)
