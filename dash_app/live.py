@@ -44,7 +44,7 @@ START_MARGIN_MS = 10_000  # the ring starts this long before the process did
 SEEK_RETRY_S = 5.0  # how long a new assignment retries finding its resume offsets
 # How long the feed keeps taking messages after the first: a producer's tick reaches the broker
 # one partition at a time (librdkafka sends a request per partition), a millisecond or two apart,
-# and a frame that carried only part of a tick made the rest wait for that whole frame's drawing.
+# and a frame that carries only part of a tick makes the rest wait until that frame is drawn.
 GATHER_S = 0.003
 FEED_TOPICS = [*TOPICS, ALERTS_TOPIC]
 
