@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
-from simple_websocket import Client, ConnectionClosed
+from simple_websocket import Client
 from simple_websocket import ConnectionError as SocketError
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import CloseConnection, Request
 
 from dash_app.app import create_app
 from dash_app.charts import CHARTS
@@ -263,6 +266,23 @@ def test_a_longer_range_comes_from_the_store_and_zooming_requeries_it(dashboard)
     assert duo.get_logs() == [], "browser console errors across range switches"
 
 
+def refusal(url: str) -> tuple[int, str]:
+    """The close code and reason a live socket is refused with, read with wsproto itself:
+    simple_websocket's Client takes only the handshake from its first read, so a close frame
+    that came in the same segment (a loaded machine) was lost, and it reported 1005."""
+    parts = urlsplit(url)
+    ws = WSConnection(ConnectionType.CLIENT)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(ws.send(Request(host=parts.netloc, target=parts.path)))
+        while True:
+            data = sock.recv(4096)
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, CloseConnection):
+                    return event.code, event.reason
+            assert data, "the socket closed without a close frame"
+
+
 def test_live_sockets_are_bounded_same_origin_and_known_hosts_only(dash_thread_server, stack):
     stack.env["LIVE_MAX_PAGES"] = "1"
     services = Services.from_config(stack.config())  # no live feed: frames are heartbeats
@@ -271,10 +291,8 @@ def test_live_sockets_are_bounded_same_origin_and_known_hosts_only(dash_thread_s
         url = dash_thread_server.url.replace("http://", "ws://").rstrip("/") + "/ws/live"
         first = Client.connect(url, headers={"Origin": dash_thread_server.url.rstrip("/")})
         assert json.loads(first.receive(5))["n"] == 0
-        second = Client.connect(url)
-        with pytest.raises(ConnectionClosed) as refused:
-            second.receive(5)
-        assert refused.value.reason == Pages.BUSY and "LIVE_MAX_PAGES" in refused.value.message
+        code, reason = refusal(url)
+        assert code == Pages.BUSY and "LIVE_MAX_PAGES" in reason
         first.close()
         wait_for(lambda: not services.pages.sockets, 5, "the first page to leave")
         third = Client.connect(url)
